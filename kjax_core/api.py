@@ -1,0 +1,98 @@
+"""The library's main entry points: create a Flax model, translate Keras weights into it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .keras_ref import KerasReference, build_keras_model
+from .options import check_input_shape, check_options
+from .plugins import get_spec
+from .spec import ModelSpec, resolve
+
+# progress(event, done, total): events are "build" (Keras model, total None) and "layer".
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def create_model(name: str, *, dtype: Any = None, param_dtype: Any = None, **options: Any):
+    """The Flax module of ``name`` built with Keras' option names.
+
+    :param options: ``include_top``, ``pooling``, ``classes``, ``classifier_activation`` and the
+        family's own options (``kjax list`` and :meth:`ModelSpec.default_options` show them).
+    :param dtype: computation dtype (e.g. ``jnp.bfloat16``); None keeps float32.
+    :param param_dtype: dtype of the parameters; None keeps float32.
+    """
+    spec = get_spec(name)
+    return _module(spec, check_options(spec, options), dtype, param_dtype)
+
+
+def _module(spec: ModelSpec, options: dict[str, Any], dtype: Any = None, param_dtype: Any = None):
+    extra = {}
+    if dtype is not None:
+        extra["dtype"] = dtype
+    if param_dtype is not None:
+        extra["param_dtype"] = param_dtype
+    return resolve(spec.flax_module)(**options, **extra)
+
+
+@dataclass
+class Translation:
+    """A Flax module with the variables translated from its Keras reference."""
+
+    spec: ModelSpec
+    options: dict[str, Any]
+    input_shape: tuple[int, int, int]
+    module: Any
+    variables: dict[str, Any]
+    reference: KerasReference
+
+
+def translate(
+    name: str,
+    weights: str | None = "imagenet",
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    progress: Progress | None = None,
+    keras_model: Any = None,
+    **options: Any,
+) -> Translation:
+    """Build the Keras model of ``name`` with ``weights`` and translate them into its Flax twin.
+
+    :param weights: ``"imagenet"`` (through Keras' download and cache), a weights file path, or
+        None (Keras' random initial weights).
+    :param input_shape: (H, W, C) for the Keras constructor; None takes Keras' default.
+    :param keras_model: an already built Keras model of this spec and these options to translate
+        instead of building one (the parity harness passes randomised models).
+    """
+    spec = get_spec(name)
+    options = check_options(spec, options)
+    if input_shape is not None:
+        input_shape = check_input_shape(spec, input_shape)
+    if keras_model is None:
+        if progress:
+            progress("build", 0, None)
+        reference = build_keras_model(spec, options, weights, input_shape)
+    else:
+        reference = KerasReference(keras_model, weights, None)
+    module = _module(spec, options)
+    total = sum(1 for layer in _layers(reference.model) if layer.weights)
+    done = 0
+
+    def step(_layer_name: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress("layer", done, total)
+
+    from .translator import translate_keras_model
+
+    variables = translate_keras_model(spec.name, reference.model, module, step)
+    shape = tuple(int(d) if d is not None else s
+                  for d, s in zip(reference.model.inputs[0].shape[1:], spec.input_size))
+    return Translation(spec, options, shape, module, variables, reference)
+
+
+def _layers(model):
+    from .translator import iter_keras_layers
+
+    return iter_keras_layers(model)

@@ -1,0 +1,212 @@
+"""Writing and reading kjax output directories.
+
+An output directory holds:
+    config.json       model name, options, input shape, preprocessing, weights source, versions;
+    variables.msgpack the variable tree (flax.serialization), or variables.safetensors;
+    manifest.json     sha256 and size of each file, checked by :func:`load`.
+
+Writing is atomic: everything goes into a temporary directory beside the destination, which is
+moved into place only when complete; an existing output is replaced only with ``force`` and only
+once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptFileError, KjaxError, OutputError, WeightsError
+from .translator import flatten, unflatten
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+MANIFEST = "manifest.json"
+VARIABLE_FILES = {"msgpack": "variables.msgpack", "safetensors": "variables.safetensors"}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape an output."""
+    found = {}
+    for dist in ("kjax", "keras", "tf_keras", "tensorflow", "jax", "flax"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
+    """Fail early, before any work, if ``out`` cannot receive an output."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"output directory {out} exists and is not empty; pass --force to replace it")
+    parent = out.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"cannot create {out}: {ancestor} is a file")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write to {ancestor}: permission denied")
+            break
+    return out
+
+
+def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> str:
+    filename = VARIABLE_FILES[fmt]
+    if fmt == "msgpack":
+        from flax import serialization
+
+        (directory / filename).write_bytes(serialization.msgpack_serialize(variables))
+    else:
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        tensors = {"/".join(path): np.ascontiguousarray(v) for path, v in flatten(variables)}
+        save_file(tensors, str(directory / filename), metadata={"format": "kjax"})
+    return filename
+
+
+def _read_variables(path: Path, fmt: str) -> dict[str, Any]:
+    try:
+        if fmt == "msgpack":
+            from flax import serialization
+
+            return serialization.msgpack_restore(path.read_bytes())
+        from safetensors.numpy import load_file
+
+        return unflatten((tuple(k.split("/")), v) for k, v in load_file(str(path)).items())
+    except Exception as error:
+        raise CorruptFileError(f"cannot read {path}: {error}") from None
+
+
+def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bool = False) -> Path:
+    """Write ``translation`` (a :class:`kjax_core.api.Translation`) to the directory ``out``."""
+    if fmt not in VARIABLE_FILES:
+        raise OutputError(f"unknown format {fmt!r}; choose one of {', '.join(VARIABLE_FILES)}")
+    out = check_destination(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec, reference = translation.spec, translation.reference
+    weights_file = reference.weights_file
+    config = {
+        "kjax_format": FORMAT_VERSION,
+        "model": spec.name,
+        "family": spec.family,
+        "plugin": spec.plugin,
+        "options": translation.options,
+        "input_shape": list(translation.input_shape),
+        "preprocessing": spec.preprocessing,
+        "weights": reference.weights,
+        "format": fmt,
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        variables_file = _write_variables(staging, translation.variables, fmt)
+        config["variables_file"] = variables_file
+        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        manifest = {
+            "files": {
+                name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
+                for name in (CONFIG, variables_file)
+            },
+            "source_weights": (
+                {"path": weights_file, "sha256": sha256_file(weights_file)} if weights_file else None
+            ),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name in (CONFIG, variables_file, MANIFEST):
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "previous")
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            os.replace(old / "previous", out)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Check an output directory against its manifest; return its config."""
+    path = Path(path).expanduser()
+    if not path.is_dir() or not (path / CONFIG).is_file():
+        raise CorruptFileError(f"{path} is not a kjax output directory (no {CONFIG})")
+    if not (path / MANIFEST).is_file():
+        raise CorruptFileError(f"{path} has no {MANIFEST}; translate it again")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptFileError(f"cannot read {path}: {error}") from None
+    for name, expected in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise CorruptFileError(f"{file} is missing; translate the model again")
+        if file.stat().st_size != expected["size"] or sha256_file(file) != expected["sha256"]:
+            raise CorruptFileError(f"{file} was changed or damaged (checksum mismatch); translate again")
+    return config
+
+
+def load(path: str | os.PathLike):
+    """``(module, variables)`` from an output directory, checked against its manifest and against
+    the module's own variable shapes. ``module.apply(variables, images)`` gives the Keras output."""
+    import jax
+    import jax.numpy as jnp
+
+    from .api import create_model
+    from .translator import flax_target
+
+    config = verify(path)
+    if config.get("kjax_format") != FORMAT_VERSION:
+        raise CorruptFileError(f"{path} has kjax format {config.get('kjax_format')}, expected {FORMAT_VERSION}")
+    module = create_model(config["model"], **config["options"])
+    stored = _read_variables(Path(path) / config["variables_file"], config["format"])
+    target = flax_target(module, config["input_shape"])
+    expected = {p: leaf for p, leaf in flatten(target)}
+    got = {p: v for p, v in flatten(stored)}
+    missing = sorted("/".join(p) for p in expected.keys() - got.keys())
+    extra = sorted("/".join(p) for p in got.keys() - expected.keys())
+    shapes = sorted(
+        "/".join(p) for p in expected.keys() & got.keys() if tuple(expected[p].shape) != tuple(got[p].shape)
+    )
+    if missing or extra or shapes:
+        raise WeightsError(
+            f"{path} does not fit {config['model']}: missing {missing[:5]}, unexpected {extra[:5]}, "
+            f"mis-shaped {shapes[:5]}"
+        )
+    variables = jax.tree_util.tree_map(jnp.asarray, stored)
+    return module, variables
+
+
+__all__ = ["save", "load", "verify", "check_destination", "KjaxError"]

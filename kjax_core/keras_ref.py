@@ -1,0 +1,137 @@
+"""Building the Keras reference model of a spec, with its weights.
+
+TensorFlow is the reference engine: unless the user chose a Keras backend, kjax selects
+``tensorflow`` before Keras is first imported. Imagenet weights come through the Keras constructor
+itself, so Keras' own download, cache and hash check serve; a weights file is loaded by the model's
+own ``load_weights`` (HDF5 and ``.weights.h5``/``.keras`` files; no pickle is involved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import CorruptFileError, OptionError, WeightsError
+from .spec import ModelSpec, resolve
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+
+# Where each Keras package fetches application weights; tests replace these to work offline.
+GET_FILE_LOCATIONS = (
+    ("keras.src.utils.file_utils", "get_file"),
+    ("tf_keras.src.utils.data_utils", "get_file"),
+)
+
+
+def prepare_environment() -> None:
+    """Choose the reference backend and quiet TensorFlow's C++ logging, before Keras is imported."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass
+class KerasReference:
+    """A built Keras model and where its weights came from."""
+
+    model: Any
+    weights: str | None  # "imagenet", a file path, or None (random initial weights)
+    weights_file: str | None  # the file the weights were read from, when there is one
+
+
+def check_weights_file(path: str) -> Path:
+    """A readable weights file in a format Keras loads without pickle, or a clear error."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    if not file.is_file():
+        raise WeightsError(f"weights path is not a file: {path}")
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise CorruptFileError(f"cannot read weights file {path}: {error.strerror}") from None
+    if head != HDF5_SIGNATURE and not head.startswith(ZIP_SIGNATURE):
+        raise CorruptFileError(
+            f"{path} is not a Keras weights file (expected HDF5 .h5/.weights.h5 or a .keras archive)"
+        )
+    return file
+
+
+@contextlib.contextmanager
+def _record_downloads(record: list[str]) -> Iterator[None]:
+    """Note the files Keras' get_file returns (the cached imagenet weights) while building."""
+    import importlib
+
+    patched = []
+    for module_name, attribute in GET_FILE_LOCATIONS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        original = getattr(module, attribute)
+
+        def recording(*args, _original=original, **kwargs):
+            path = _original(*args, **kwargs)
+            record.append(str(path))
+            return path
+
+        setattr(module, attribute, recording)
+        patched.append((module, attribute, original))
+    try:
+        yield
+    finally:
+        for module, attribute, original in patched:
+            setattr(module, attribute, original)
+
+
+def build_keras_model(
+    spec: ModelSpec,
+    options: dict[str, Any],
+    weights: str | None = "imagenet",
+    input_shape: tuple[int, int, int] | None = None,
+) -> KerasReference:
+    """Call the spec's Keras constructor. Keras' printing goes to stderr, keeping stdout for data.
+
+    :param weights: a named weight set of the spec (``"imagenet"``), a file path, or None.
+    """
+    prepare_environment()
+    weights_file = None
+    if weights is not None and weights not in spec.weights:
+        weights_file = str(check_weights_file(weights))
+    constructor = resolve(spec.keras_constructor)
+    kwargs = dict(options)
+    kwargs["weights"] = None if weights_file else weights
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(input_shape)
+    downloads: list[str] = []
+    with contextlib.redirect_stdout(sys.stderr), _record_downloads(downloads):
+        try:
+            model = constructor(**kwargs)
+        except Exception as error:
+            if "URL fetch failure" in str(error) or "fetch" in type(error).__name__.lower():
+                raise WeightsError(
+                    f"could not download the {weights} weights of {spec.name} (no network?). "
+                    "Download the file where there is a network and pass it with "
+                    "--weights PATH, or put it in ~/.keras/models/."
+                ) from None
+            raise OptionError(f"Keras refused the options for {spec.name}: {_first_line(error)}") from None
+        if weights_file:
+            try:
+                model.load_weights(weights_file)
+            except Exception as error:
+                raise WeightsError(
+                    f"{weights_file} does not fit {spec.name} with these options: {_first_line(error)}"
+                ) from None
+    if downloads:
+        weights_file = downloads[-1]
+    return KerasReference(model, weights, weights_file)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

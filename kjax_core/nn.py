@@ -1,0 +1,209 @@
+"""Flax building blocks shared by the family plugins: the twins of the built-in layer rules and the
+Keras behaviours that a naive port gets wrong (explicit zero padding before pooling, TF-style
+average pooling, the classifier head).
+
+Functions that create submodules (``conv``, ``batch_norm``, ...) must be called inside a parent's
+``@nn.compact`` method; the submodule gets the Keras layer name so parameter paths are predictable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+Pad = tuple[tuple[int, int], tuple[int, int]]
+
+ACTIVATIONS: dict[str | None, Callable[[jax.Array], jax.Array]] = {
+    None: lambda x: x,
+    "linear": lambda x: x,
+    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "swish": jax.nn.silu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    # Keras' gelu is exact by default; jax.nn.gelu defaults to the tanh approximation.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "hard_sigmoid": lambda x: jax.nn.relu6(x + 3.0) / 6.0,
+}
+
+
+def activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
+    """The function behind a Keras activation name (``classifier_activation`` and friends)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {sorted(map(str, ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+def zero_pad(x: jax.Array, padding: Pad) -> jax.Array:
+    """Keras ZeroPadding2D(((top, bottom), (left, right))) on NHWC."""
+    return jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+
+
+def max_pool(x: jax.Array, window: int, strides: int, padding: str = "VALID") -> jax.Array:
+    """Keras MaxPooling2D. 'SAME' pads with -inf as TF does; to reproduce a Keras model that pads
+    with ZeroPadding2D first, call :func:`zero_pad` and pool 'VALID' (zeros, not -inf)."""
+    return nn.max_pool(x, (window, window), (strides, strides), padding=padding)
+
+
+def avg_pool(x: jax.Array, window: int, strides: int, padding: str = "VALID") -> jax.Array:
+    """Keras AveragePooling2D; with 'SAME', padded cells are left out of the count as in TF."""
+    return nn.avg_pool(
+        x, (window, window), (strides, strides), padding=padding, count_include_pad=False
+    )
+
+
+def conv(
+    x: jax.Array,
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    name: str,
+    strides: int = 1,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    use_bias: bool = True,
+    groups: int = 1,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Keras Conv2D (default padding 'valid', as Keras; Flax's default is 'SAME').
+
+    'same' in Keras is TF SAME, which XLA's 'SAME' equals (the extra pad goes at the end).
+    """
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    return nn.Conv(
+        features,
+        tuple(kernel_size),
+        strides=(strides, strides),
+        padding=padding.upper() if isinstance(padding, str) else padding,
+        use_bias=use_bias,
+        feature_group_count=groups,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )(x)
+
+
+def depthwise_conv(
+    x: jax.Array,
+    kernel_size: int | Sequence[int],
+    *,
+    name: str,
+    strides: int = 1,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    depth_multiplier: int = 1,
+    use_bias: bool = True,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Keras DepthwiseConv2D as a grouped convolution (one group per input channel)."""
+    channels = x.shape[-1]
+    return conv(
+        x,
+        channels * depth_multiplier,
+        kernel_size,
+        name=name,
+        strides=strides,
+        padding=padding,
+        use_bias=use_bias,
+        groups=channels,
+        dtype=dtype,
+        param_dtype=param_dtype,
+    )
+
+
+class SeparableConv2D(nn.Module):
+    """Keras SeparableConv2D: depthwise conv (no bias) then 1x1 pointwise conv (with the bias)."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int = 1
+    padding: str = "VALID"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = depthwise_conv(
+            x, self.kernel_size, name="depthwise", strides=self.strides, padding=self.padding,
+            depth_multiplier=self.depth_multiplier, use_bias=False, **kw,
+        )
+        return conv(x, self.features, 1, name="pointwise", use_bias=self.use_bias, **kw)
+
+
+def batch_norm(
+    x: jax.Array,
+    *,
+    name: str,
+    train: bool,
+    epsilon: float = 1e-3,
+    momentum: float = 0.99,
+    center: bool = True,
+    scale: bool = True,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Keras BatchNormalization (channels last). Keras' default epsilon is 1e-3; Flax's is 1e-5,
+    so every family passes the epsilon its Keras source uses."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        use_bias=center,
+        use_scale=scale,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )(x)
+
+
+class Normalization(nn.Module):
+    """Keras Normalization: (x - mean) / max(sqrt(variance), 1e-7), statistics fixed in batch_stats.
+
+    (Keras' ``backend.epsilon()`` is 1e-7.)
+    """
+
+    invert: bool = False
+    epsilon: float = 1e-7
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32).value
+        var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32).value
+        std = jnp.maximum(jnp.sqrt(var), self.epsilon).astype(x.dtype)
+        mean = mean.astype(x.dtype)
+        return mean + x * std if self.invert else (x - mean) / std
+
+
+def classifier_head(
+    x: jax.Array,
+    *,
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str = "predictions",
+) -> jax.Array:
+    """The top shared by the Keras applications: with ``include_top``, global average pooling and a
+    Dense named ``predictions``; without, optional global 'avg' or 'max' pooling."""
+    if include_top:
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+        return activation(classifier_activation)(x)
+    if pooling == "avg":
+        return jnp.mean(x, axis=(1, 2))
+    if pooling == "max":
+        return jnp.max(x, axis=(1, 2))
+    return x

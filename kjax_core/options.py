@@ -1,0 +1,76 @@
+"""Checking the options a user passes for a model, before anything heavy is imported."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from .errors import OptionError
+from .spec import ModelSpec
+
+POOLING = (None, "avg", "max")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set KEY=VALUE`` value: true/false, none, int, float, or the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """All options of ``spec`` with the given ones applied, each checked for name and type."""
+    defaults = spec.default_options()
+    result = dict(defaults)
+    for key, value in options.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise OptionError(
+                f"{spec.name} has no option '{key}'.{hint} "
+                f"Its options: {', '.join(sorted(defaults))}."
+            )
+        default = defaults[key]
+        if default is not None and value is not None:
+            expected = type(default)
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise OptionError(
+                    f"option '{key}' of {spec.name} takes a {expected.__name__}, "
+                    f"got {value!r}"
+                )
+        result[key] = value
+    if result["pooling"] not in POOLING:
+        raise OptionError(f"pooling must be one of none, avg, max; got {result['pooling']!r}")
+    if not isinstance(result["classes"], int) or result["classes"] < 1:
+        raise OptionError(f"classes must be a positive integer; got {result['classes']!r}")
+    return result
+
+
+def check_input_shape(spec: ModelSpec, shape: Any) -> tuple[int, int, int]:
+    """(height, width, channels) as Keras takes it for this model."""
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise OptionError(f"input shape must be three integers H,W,C; got {shape!r}") from None
+    if len(shape) != 3:
+        raise OptionError(f"input shape must be three integers H,W,C; got {shape!r}")
+    height, width, channels = shape
+    if channels != spec.input_size[2]:
+        raise OptionError(f"{spec.name} takes {spec.input_size[2]} channels; got {channels}")
+    if min(height, width) < spec.min_input_size:
+        raise OptionError(
+            f"{spec.name} needs inputs of at least {spec.min_input_size}x{spec.min_input_size}; "
+            f"got {height}x{width}"
+        )
+    return shape

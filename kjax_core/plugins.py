@@ -1,0 +1,212 @@
+"""Plugin loading and the model registry.
+
+Entry points of the ``kjax`` group are loaded on first use, one at a time: a plugin that fails to
+import, or whose hook raises, is reported on stderr and skipped, and the others keep working.
+
+Environment:
+    KJAX_PLUGINS: comma-separated entry-point names; when set, only these are loaded.
+    KJAX_DISABLE_PLUGINS: comma-separated entry-point names never to load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownModelError
+from .spec import LayerRule, ModelSpec
+
+ENTRY_POINT_GROUP = "kjax"
+CORE_PLUGIN = "kjax_core"
+
+
+@dataclass
+class PluginInfo:
+    """What `kjax plugins` shows about one plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None  # why it failed to load; None when it loaded
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered."""
+
+    plugins: list[PluginInfo]
+    models: dict[str, ModelSpec]
+    rules: dict[str, LayerRule]
+    conflicts: dict[str, list[str]]  # model name -> plugins that all registered it
+    manager: pluggy.PluginManager
+
+
+def _names_from_env(variable: str) -> set[str] | None:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _warn(message: str) -> None:
+    print(f"kjax: warning: {message}", file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    allowed = _names_from_env("KJAX_PLUGINS")
+    blocked = _names_from_env("KJAX_DISABLE_PLUGINS") or set()
+    infos = []
+    seen = set()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(ep.name)
+        if ep.name in blocked or (allowed is not None and ep.name not in allowed):
+            continue
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        info = PluginInfo(ep.name, dist, version, ep.value)
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as error:  # a broken plugin must not break the others
+            info.error = _one_line(error)
+            _warn(f"plugin '{ep.name}' ({dist}) failed to load and is skipped: {info.error}")
+        infos.append(info)
+    return infos
+
+
+def _collect(pm: pluggy.PluginManager, hook_name: str, infos: dict[str, PluginInfo], sink) -> None:
+    """Call one registration hook plugin by plugin, so each item knows its plugin and one
+    failing plugin is isolated."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        name = impl.plugin_name
+        info = infos.get(name)
+        if info is not None and hook_name not in info.hooks:
+            info.hooks.append(hook_name)
+        try:
+            impl.function(register=lambda item, _name=name: sink(item, _name))
+        except Exception as error:
+            message = _one_line(error)
+            _warn(f"plugin '{name}' failed in {hook_name} and is skipped: {message}")
+            if info is not None:
+                info.error = message
+
+
+def build_registry() -> Registry:
+    """Load the plugins and collect what they register. Prefer :func:`registry` (cached)."""
+    from . import builtin
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(builtin, name=CORE_PLUGIN)
+    core_version = _version("kjax")
+    infos = [PluginInfo(CORE_PLUGIN, "kjax", core_version, builtin.__name__)]
+    infos += _load_entry_points(pm)
+    by_name = {info.name: info for info in infos}
+
+    models: dict[str, ModelSpec] = {}
+    owners: dict[str, list[str]] = {}
+
+    def add_model(spec: ModelSpec, plugin: str) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise PluginError(f"register() takes a ModelSpec, got {type(spec).__name__}")
+        owners.setdefault(spec.name, []).append(plugin)
+        models.setdefault(spec.name, replace(spec, plugin=plugin))
+
+    rules: dict[str, LayerRule] = {}
+
+    def add_rule(rule: LayerRule, plugin: str) -> None:
+        if not isinstance(rule, LayerRule):
+            raise PluginError(f"register() takes a LayerRule, got {type(rule).__name__}")
+        if rule.keras_class in rules:
+            raise PluginError(
+                f"layer rule for {rule.keras_class} already registered by "
+                f"'{rules[rule.keras_class].plugin}'"
+            )
+        rules[rule.keras_class] = replace(rule, plugin=plugin)
+
+    _collect(pm, "kjax_register_models", by_name, add_model)
+    _collect(pm, "kjax_register_layer_rules", by_name, add_rule)
+    for info in infos:
+        for hook in ("kjax_match_layers",):
+            impls = [i.plugin_name for i in getattr(pm.hook, hook).get_hookimpls()]
+            if info.name in impls and hook not in info.hooks:
+                info.hooks.append(hook)
+    conflicts = {name: plugins for name, plugins in owners.items() if len(plugins) > 1}
+    for name, plugins in conflicts.items():
+        _warn(
+            f"model '{name}' is registered by several plugins ({', '.join(plugins)}); "
+            "using it fails until all but one are disabled with KJAX_DISABLE_PLUGINS"
+        )
+    return Registry(infos, models, rules, conflicts, pm)
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    return build_registry()
+
+
+def reset() -> None:
+    """Forget the loaded plugins (after installing one, or changing KJAX_PLUGINS)."""
+    registry.cache_clear()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of the available models, naturally sorted (resnet50 before resnet101).
+
+    :param pattern: shell wildcard (``"resnet*"``, ``"efficientnetb[0-3]"``); case-insensitive.
+        A pattern without wildcard characters matches names containing it.
+    """
+    names = registry().models
+    if pattern:
+        pattern = pattern.lower()
+        if not any(ch in pattern for ch in "*?["):
+            pattern = f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return sorted(names, key=_natural_key)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered under ``name``; UnknownModelError with suggestions otherwise."""
+    reg = registry()
+    key = name.strip().lower()
+    if key in reg.conflicts:
+        raise PluginError(
+            f"model '{key}' is registered by several plugins ({', '.join(reg.conflicts[key])}); "
+            "disable all but one, e.g. KJAX_DISABLE_PLUGINS=" + reg.conflicts[key][-1]
+        )
+    if key not in reg.models:
+        close = difflib.get_close_matches(key, list(reg.models), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown model '{name}'.{hint} Run `kjax list` to see all models.")
+    return reg.models[key]

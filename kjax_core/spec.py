@@ -1,0 +1,92 @@
+"""What plugins register: model specs and layer rules.
+
+Both are plain frozen dataclasses that import nothing heavy, so that `kjax list` can show every model
+without importing TensorFlow, Keras, JAX or Flax. Code is referenced by ``"module:attribute"`` strings
+and imported only when a model is built or translated.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+# Options every Keras Applications constructor takes and every kjax Flax module mirrors.
+COMMON_OPTIONS: Mapping[str, Any] = {
+    "include_top": True,
+    "pooling": None,
+    "classes": 1000,
+    "classifier_activation": "softmax",
+}
+
+
+def resolve(ref: str) -> Any:
+    """Import ``"package.module:attr.path"`` and return the attribute."""
+    module_name, _, attr = ref.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model a plugin provides: its Keras reference and its Flax twin.
+
+    Attributes:
+        name: registry name, lower case (``"resnet50"``); what users type.
+        family: family label shown by ``kjax list`` (``"resnet"``).
+        keras_constructor: ``"module:attr"`` of the Keras Applications constructor that is the
+            reference, e.g. ``"keras.applications:ResNet50"``. It is called with the Keras option
+            names (``include_top``, ``weights``, ``input_shape``, ``pooling``, ``classes``,
+            ``classifier_activation`` and the family options).
+        flax_module: ``"module:attr"`` of a callable that takes the same options (without
+            ``weights`` and ``input_shape``) plus ``dtype`` / ``param_dtype`` and returns a
+            ``flax.linen.Module``; typically the module class or a ``functools.partial`` of it.
+        input_size: default (height, width, channels), as Keras' default input shape.
+        min_input_size: smallest height/width Keras accepts.
+        parameters: parameter count of the default configuration (with top, 1000 classes), as
+            Keras' ``count_params()`` reports it; shown by ``kjax list`` and checked by tests.
+        preprocessing: what ``preprocess_input`` the model expects outside its graph: ``"caffe"``,
+            ``"tf"``, ``"torch"`` or ``"none"`` (the model preprocesses inside).
+        options: family options and their defaults (e.g. ``{"alpha": 1.0}``). Their types are the
+            types of the defaults; a default of None accepts any value.
+        weights: named weight sets besides ``None`` and file paths (``("imagenet",)``).
+        plugin: the plugin that registered it; filled in by the registry.
+    """
+
+    name: str
+    family: str
+    keras_constructor: str
+    flax_module: str
+    input_size: tuple[int, int, int] = (224, 224, 3)
+    min_input_size: int = 32
+    parameters: int = 0
+    preprocessing: str = "none"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    weights: tuple[str, ...] = ("imagenet",)
+    plugin: str = ""
+
+    def default_options(self) -> dict[str, Any]:
+        """Every option the model takes, with its default."""
+        return {**COMMON_OPTIONS, **self.options}
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How the weights of one Keras layer class become Flax leaves.
+
+    Attributes:
+        keras_class: the Keras layer class name (``"Conv2D"``). Keras 3 and tf_keras layers of
+            the same name share a rule. Subclasses fall back to their base class's rule.
+        convert: ``convert(layer, weights) -> {collection: {leaf: array}}`` where ``weights`` is a
+            :class:`kjax_core.translator.WeightBag` (take each Keras weight out of it by its short
+            name; whatever is left unused makes the translation fail) and the result is the variable
+            subtree of the Flax submodule fed by this layer, e.g.
+            ``{"params": {"kernel": k, "bias": b}}``. Leaves are numpy arrays; nested dicts are
+            allowed for Flax modules with submodules.
+    """
+
+    keras_class: str
+    convert: Callable[[Any, Any], dict[str, dict[str, Any]]]
+    plugin: str = ""

@@ -1,0 +1,90 @@
+"""Flax twin of ``keras/src/applications/resnet.py`` (ResNet v1, bottleneck blocks).
+
+Submodules carry the Keras layer names: block ``conv2_block1`` holds ``0_conv`` .. ``3_bn``, so its
+parameter paths read ``conv2_block1/1_conv/kernel`` for Keras' ``conv2_block1_1_conv``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from kjax_core import nn as knn
+
+EPSILON = 1.001e-5  # Keras ResNet's BatchNormalization epsilon
+
+
+class Bottleneck(nn.Module):
+    """``residual_block_v1``: 1x1 (carrying the stride), 3x3 'same', 1x1 x4, plus shortcut."""
+
+    filters: int
+    stride: int = 1
+    conv_shortcut: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, **kw)
+        if self.conv_shortcut:
+            shortcut = knn.conv(x, 4 * self.filters, 1, strides=self.stride, name="0_conv", **kw)
+            shortcut = bn(shortcut, name="0_bn")
+        else:
+            shortcut = x
+        x = knn.conv(x, self.filters, 1, strides=self.stride, name="1_conv", **kw)
+        x = nn.relu(bn(x, name="1_bn"))
+        x = knn.conv(x, self.filters, 3, padding="same", name="2_conv", **kw)
+        x = nn.relu(bn(x, name="2_bn"))
+        x = knn.conv(x, 4 * self.filters, 1, name="3_conv", **kw)
+        x = bn(x, name="3_bn")
+        return nn.relu(shortcut + x)
+
+
+class ResNet(nn.Module):
+    """ResNet v1 with Keras' option names; ``stack_sizes`` picks the depth."""
+
+    stack_sizes: Sequence[int]
+    include_top: bool = True
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | None = "softmax"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = jnp.asarray(x, self.dtype or jnp.float32)
+        x = knn.zero_pad(x, ((3, 3), (3, 3)))
+        x = knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw)
+        x = knn.batch_norm(x, name="conv1_bn", train=train, epsilon=EPSILON, **kw)
+        x = nn.relu(x)
+        x = knn.zero_pad(x, ((1, 1), (1, 1)))
+        x = knn.max_pool(x, 3, 2)
+        for stack, (filters, blocks) in enumerate(zip((64, 128, 256, 512), self.stack_sizes)):
+            for block in range(blocks):
+                x = Bottleneck(
+                    filters,
+                    stride=(1 if stack == 0 else 2) if block == 0 else 1,
+                    conv_shortcut=block == 0,
+                    name=f"conv{stack + 2}_block{block + 1}",
+                    **kw,
+                )(x, train)
+        return knn.classifier_head(
+            x,
+            include_top=self.include_top,
+            pooling=self.pooling,
+            classes=self.classes,
+            classifier_activation=self.classifier_activation,
+            **kw,
+        )
+
+
+ResNet50 = partial(ResNet, stack_sizes=(3, 4, 6, 3))
+ResNet101 = partial(ResNet, stack_sizes=(3, 4, 23, 3))
+ResNet152 = partial(ResNet, stack_sizes=(3, 8, 36, 3))
