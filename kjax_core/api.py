@@ -86,9 +86,10 @@ def translate(
 
     from .translator import translate_keras_model
 
-    variables = translate_keras_model(spec.name, reference.model, module, step)
+    # Keras' input shape, with the default size where the Keras model takes any size.
     shape = tuple(int(d) if d is not None else s
                   for d, s in zip(reference.model.inputs[0].shape[1:], spec.input_size))
+    variables = translate_keras_model(spec.name, reference.model, module, shape, step)
     return Translation(spec, options, shape, module, variables, reference)
 
 

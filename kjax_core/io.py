@@ -118,6 +118,9 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
     try:
         variables_file = _write_variables(staging, translation.variables, fmt)
         config["variables_file"] = variables_file
@@ -133,6 +136,7 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for name in (CONFIG, variables_file, MANIFEST):
+            os.chmod(staging / name, 0o666 & ~umask)
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
         _move_into_place(staging, out)

@@ -34,6 +34,25 @@ def prepare_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def import_keras_quietly() -> None:
+    """Import Keras (and TensorFlow) with the process' stderr closed for the duration: TensorFlow's
+    native libraries print start-up notices to file descriptor 2 before any logging setting applies.
+    Python exceptions still propagate. Used by the CLI, whose stderr is for the user."""
+    prepare_environment()
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass
 class KerasReference:
     """A built Keras model and where its weights came from."""

@@ -338,6 +338,7 @@ def translate_keras_model(
     model_name: str,
     keras_model: Any,
     module: Any,
+    input_shape: Sequence[int],
     progress: Callable[[str], None] | None = None,
 ) -> Tree:
     """Translate a built Keras model into the variables of ``module``.
@@ -345,6 +346,7 @@ def translate_keras_model(
     :param model_name: registry name, passed to the ``kjax_match_layers`` hook.
     :param keras_model: a Keras 3 or tf_keras model holding the weights.
     :param module: the Flax twin (a ``flax.linen.Module``).
+    :param input_shape: (H, W, C) of one image, to trace the module's variable shapes.
     :param progress: called with each Keras layer name once it is converted.
     :returns: ``{"params": ..., "batch_stats": ...}`` as nested dicts of numpy arrays.
     """
@@ -352,7 +354,6 @@ def translate_keras_model(
 
     reg = registry()
     layers = convert_keras_layers(keras_model, reg.rules, progress)
-    input_shape = tuple(keras_model.inputs[0].shape[1:])
     target = flax_target(module, input_shape)
     modules = flax_modules(target)
     assignment = reg.manager.hook.kjax_match_layers(

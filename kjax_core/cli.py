@@ -1,0 +1,336 @@
+"""The ``kjax`` command line.
+
+Data goes to stdout, diagnostics and progress to stderr. Every error is one line and a non-zero exit:
+2 for a usage error (unknown model, bad option), 1 for other failures, 130 when interrupted.
+Importing this module imports neither TensorFlow, Keras, JAX nor Flax; commands that need them import
+them when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import KjaxError, OptionError
+from .options import parse_value
+
+app = typer.Typer(
+    name="kjax",
+    help="Keras Applications models in Flax, with their pretrained weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# ----------------------------------------------------------------------------- shared option parsing
+
+WeightsOption = typer.Option(
+    "imagenet", "--weights", "-w",
+    help="imagenet (Keras' download and cache), none (random initial weights) or a weights file PATH.",
+)
+IncludeTop = typer.Option(True, "--include-top/--no-include-top", help="Keep the classifier.")
+Pooling = typer.Option("none", "--pooling", help="Without top: none, avg or max global pooling.")
+Classes = typer.Option(None, "--classes", help="Number of classes of the classifier.")
+Activation = typer.Option(
+    "softmax", "--classifier-activation", help="softmax, or none for logits."
+)
+InputShape = typer.Option(None, "--input-shape", help="H,W,C of the Keras input (default: Keras').")
+SetOption = typer.Option(
+    None, "--set", metavar="KEY=VALUE", help="Any other constructor option, e.g. --set alpha=0.35."
+)
+
+
+def _none_word(value: Optional[str]) -> Optional[str]:
+    return None if value is None or value.strip().lower() in ("none", "null", "") else value
+
+
+def _options(
+    include_top: bool, pooling: str, classes: Optional[int], activation: str, extra: list[str] | None
+) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "include_top": include_top,
+        "pooling": _none_word(pooling),
+        "classifier_activation": _none_word(activation),
+    }
+    if classes is not None:
+        options["classes"] = classes
+    for item in extra or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--set takes KEY=VALUE; got {item!r}")
+        options[key.strip()] = parse_value(value)
+    return options
+
+
+def _input_shape(text: Optional[str]) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise OptionError(f"--input-shape takes H,W,C (e.g. 224,224,3); got {text!r}") from None
+
+
+def _weights(text: str) -> Optional[str]:
+    return None if text.strip().lower() == "none" else text
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n else "?"
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+@app.command("list")
+def list_command(
+    pattern: Optional[str] = typer.Argument(None, help="Shell wildcard, e.g. 'resnet*'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """List the available models."""
+    from .plugins import get_spec, list_models
+
+    specs = [get_spec(name) for name in list_models(pattern)]
+    if as_json:
+        rows = [
+            {
+                "name": s.name, "family": s.family, "parameters": s.parameters,
+                "input_size": list(s.input_size), "preprocessing": s.preprocessing,
+                "options": s.default_options(), "weights": list(s.weights), "plugin": s.plugin,
+            }
+            for s in specs
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    if not specs:
+        err.print(f"no model matches {pattern!r}; run `kjax list` to see all")
+        raise typer.Exit(1)
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "family", "params", "input", "preprocessing", "plugin"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for s in specs:
+        table.add_row(
+            s.name, s.family, _count(s.parameters), "x".join(map(str, s.input_size)),
+            s.preprocessing, s.plugin,
+        )
+    out.print(table)
+
+
+@app.command()
+def translate(
+    model: str = typer.Argument(..., help="Model name (see `kjax list`)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
+    weights: str = WeightsOption,
+    include_top: bool = IncludeTop,
+    pooling: str = Pooling,
+    classes: Optional[int] = Classes,
+    classifier_activation: str = Activation,
+    input_shape: Optional[str] = InputShape,
+    set_: Optional[list[str]] = SetOption,
+    fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization) or safetensors."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+) -> None:
+    """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
+    from .io import VARIABLE_FILES, check_destination
+    from .options import check_input_shape, check_options
+    from .plugins import get_spec
+
+    spec = get_spec(model)
+    options = check_options(spec, _options(include_top, pooling, classes, classifier_activation, set_))
+    shape = _input_shape(input_shape)
+    if shape is not None:
+        check_input_shape(spec, shape)
+    if fmt not in VARIABLE_FILES:
+        raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
+    check_destination(output, force)
+
+    from .api import translate as run_translation
+    from .io import save
+    from .keras_ref import import_keras_quietly
+
+    import_keras_quietly()
+
+    with _progress() as progress:
+        translation = run_translation(
+            spec.name, _weights(weights), input_shape=shape, progress=progress, **options
+        )
+    path = save(translation, output, fmt=fmt, force=force)
+    leaves = sum(1 for _ in _leaves(translation.variables))
+    size = sum(f.stat().st_size for f in path.iterdir())
+    out.print(
+        f"{path}  {spec.name}  {leaves} arrays  {size / 1e6:.1f} MB  weights={translation.reference.weights}"
+    )
+
+
+@app.command()
+def verify(
+    model: str = typer.Argument(..., help="Model name (see `kjax list`)."),
+    weights: str = typer.Option(
+        "random", "--weights", "-w",
+        help="random (randomised, BatchNorm statistics calibrated), imagenet, none or a PATH.",
+    ),
+    include_top: bool = IncludeTop,
+    pooling: str = Pooling,
+    classes: Optional[int] = Classes,
+    classifier_activation: str = typer.Option(
+        "none", "--classifier-activation", help="none (compare logits, default) or softmax."
+    ),
+    input_shape: Optional[str] = InputShape,
+    set_: Optional[list[str]] = SetOption,
+    batch: int = typer.Option(2, "--batch", min=2, help="Images in the random batch."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest relative L2 error accepted."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run Keras and the translated Flax model on one random batch and compare them."""
+    from .options import check_input_shape, check_options
+    from .plugins import get_spec
+
+    spec = get_spec(model)
+    options = _options(include_top, pooling, classes, classifier_activation, set_)
+    check_options(spec, options)
+    shape = _input_shape(input_shape)
+    if shape is not None:
+        check_input_shape(spec, shape)
+    from . import parity
+    from .keras_ref import import_keras_quietly
+
+    import_keras_quietly()
+    randomised = weights.strip().lower() == "random"
+    with _progress() as progress:
+        progress("build", 0, None)
+        translation, keras_model = parity.reference_model(
+            spec.name, input_shape=shape, seed=seed, prepare=randomised,
+            weights=None if randomised else _weights(weights), **options,
+        )
+    images = parity.sample_images((batch, *translation.input_shape), seed + 7)
+    report = parity.compare(translation, keras_model, images, tolerance)
+    table = Table(box=None, header_style="bold")
+    for column in ("model", "input", "weights", "rel. error", "max abs", "images differ", "broken", "ok"):
+        table.add_column(column)
+    table.add_row(
+        spec.name, "x".join(map(str, report.input_shape)), weights,
+        f"{report.relative_error:.2e}", f"{report.max_abs_error:.2e}",
+        f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}", "yes" if report.ok else "NO",
+    )
+    out.print(table)
+    if report.relative_error > tolerance:
+        raise KjaxError(
+            f"{spec.name} differs from Keras: relative error {report.relative_error:.2e} > {tolerance:g}"
+        )
+    for problem in report.problems:
+        err.print(f"note: {problem}")
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """Show which plugins loaded, from where, with which hooks; and which failed and why."""
+    from .plugins import registry
+
+    reg = registry()
+    models: dict[str, int] = {}
+    for spec in reg.models.values():
+        models[spec.plugin] = models.get(spec.plugin, 0) + 1
+    rows = [
+        {
+            "name": p.name, "distribution": f"{p.distribution} {p.version}", "module": p.module,
+            "models": models.get(p.name, 0), "hooks": p.hooks,
+            "status": "failed: " + p.error if p.error else "loaded",
+        }
+        for p in reg.plugins
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("plugin", "distribution", "models", "hooks", "status"):
+        table.add_column(column)
+    for row in rows:
+        hooks = ", ".join(h.removeprefix("kjax_") for h in row["hooks"]) or "-"
+        table.add_row(row["name"], row["distribution"], str(row["models"]), hooks, row["status"])
+    out.print(table)
+
+
+@app.command()
+def check(path: Path = typer.Argument(..., help="An output directory of `kjax translate`.")) -> None:
+    """Check an output directory's integrity against its manifest."""
+    from .io import verify as verify_output
+
+    config = verify_output(path)
+    out.print(f"{path}: ok ({config['model']}, {config['format']}, weights={config['weights']})")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _leaves(tree: Any):
+    from .translator import flatten
+
+    return flatten(tree)
+
+
+class _progress:
+    """A rich progress display on stderr fed by kjax's progress(event, done, total) callback."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            console=err, transient=True, redirect_stdout=False, disable=not err.is_terminal,
+        )
+        self._progress.__enter__()
+        self._tasks: dict[str, Any] = {}
+        return self.update
+
+    def update(self, event: str, done: int, total: int | None) -> None:
+        if event not in self._tasks:
+            label = {"build": "Building the Keras model (fetching weights if needed)",
+                     "layer": "Translating layers"}.get(event, event)
+            for task in self._tasks.values():
+                self._progress.update(task, completed=1, total=1)
+            self._tasks[event] = self._progress.add_task(label, total=total)
+        self._progress.update(self._tasks[event], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+
+def main() -> None:
+    """Console entry point: runs the app, turning every failure into one line and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except KjaxError as error:
+        err.print(f"error: {error}", markup=False)
+        sys.exit(error.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.TyperException as error:  # usage errors of the (vendored) click parser
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"error: {message}{hint}", markup=False)
+        sys.exit(getattr(error, "exit_code", 2))
+    except Exception as error:  # a bug: still one line, with a way to see more
+        if os.environ.get("KJAX_DEBUG"):
+            raise
+        err.print(
+            f"internal error: {type(error).__name__}: {error} (set KJAX_DEBUG=1 for a traceback)",
+            markup=False,
+        )
+        sys.exit(3)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
