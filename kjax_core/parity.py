@@ -307,3 +307,19 @@ def check(
         compare(translation, keras_model, sample_images((batch, h, w, channels), seed + 7 + i), tolerance)
         for i, (h, w) in enumerate(sizes)
     ]
+
+
+def assert_parity(name: str, **kwargs: Any) -> list[ParityReport]:
+    """:func:`check`, raising AssertionError with every measurement when anything is off.
+
+    The one-line parity test for a plugin author::
+
+        def test_mymodel():
+            assert_parity("mymodel", sizes=[(67, 45), (33, 97)], include_top=False)
+    """
+    reports = check(name, **kwargs)
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        lines = [f"{r.summary()}: {'; '.join(r.problems)}" for r in failed]
+        raise AssertionError("parity failed:\n" + "\n".join(lines))
+    return reports
