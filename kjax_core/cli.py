@@ -305,10 +305,10 @@ class _progress:
         return self._progress.__exit__(*exc)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app, turning every failure into one line and an exit code."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name="kjax", standalone_mode=False)
     except KjaxError as error:
         err.print(f"error: {error}", markup=False)
         sys.exit(error.exit_code)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -121,6 +122,12 @@ def build_keras_model(
     prepare_environment()
     weights_file = None
     if weights is not None and weights not in spec.weights:
+        if not os.path.exists(os.path.expanduser(weights)) and os.sep not in weights and "." not in weights:
+            named = ", ".join(spec.weights) or "none"
+            raise WeightsError(
+                f"{spec.name} has no weight set '{weights}' (named sets: {named}); "
+                "pass a weights file path, or none for random weights"
+            )
         weights_file = str(check_weights_file(weights))
     constructor = resolve(spec.keras_constructor)
     kwargs = dict(options)
@@ -141,7 +148,11 @@ def build_keras_model(
             raise OptionError(f"Keras refused the options for {spec.name}: {_first_line(error)}") from None
         if weights_file:
             try:
-                model.load_weights(weights_file)
+                with warnings.catch_warnings():
+                    # Keras 3 warns for each of its internal "_operations_by_depth" containers,
+                    # which hold no weights; other warnings still reach the user.
+                    warnings.filterwarnings("ignore", message=".*_operations_by_depth.*")
+                    model.load_weights(weights_file)
             except Exception as error:
                 raise WeightsError(
                     f"{weights_file} does not fit {spec.name} with these options: {_first_line(error)}"

@@ -9,6 +9,11 @@ from .errors import OptionError
 from .spec import ModelSpec
 
 POOLING = (None, "avg", "max")
+# Activations the Flax classifier head implements (kjax_core.nn.ACTIVATIONS; a test keeps them equal).
+CLASSIFIER_ACTIVATIONS = (
+    None, "linear", "softmax", "sigmoid", "relu", "relu6", "swish", "silu", "tanh", "gelu",
+    "hard_sigmoid",
+)
 
 
 def parse_value(text: str) -> Any:
@@ -52,6 +57,11 @@ def check_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]:
         result[key] = value
     if result["pooling"] not in POOLING:
         raise OptionError(f"pooling must be one of none, avg, max; got {result['pooling']!r}")
+    if result["classifier_activation"] not in CLASSIFIER_ACTIVATIONS:
+        known = ", ".join(a or "none" for a in CLASSIFIER_ACTIVATIONS)
+        raise OptionError(
+            f"classifier_activation must be one of {known}; got {result['classifier_activation']!r}"
+        )
     if not isinstance(result["classes"], int) or result["classes"] < 1:
         raise OptionError(f"classes must be a positive integer; got {result['classes']!r}")
     return result

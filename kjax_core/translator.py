@@ -180,15 +180,33 @@ def convert_keras_layers(
 
 def flax_target(module: Any, input_shape: Sequence[int]) -> Tree:
     """Shapes and dtypes of the module's variables for a batch of one image, computed abstractly."""
+    return trace_flax(module, input_shape)[0]
+
+
+def trace_flax(module: Any, input_shape: Sequence[int]) -> tuple[Tree, list[Path]]:
+    """(variable shapes, module paths in the order their ``__call__`` starts) at no compute cost.
+
+    Flax returns variables with sorted keys, so definition order has to be observed, not read.
+    """
     import jax
     import jax.numpy as jnp
+    from flax import linen as nn
+
+    order: dict[Path, None] = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__":
+            order.setdefault(tuple(context.module.path), None)
+        return next_fun(*args, **kwargs)
 
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    return jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), x)
+    with nn.intercept_methods(record):
+        target = jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), x)
+    return target, list(order)
 
 
-def flax_modules(target: Mapping[str, Any]) -> list[FlaxModuleInfo]:
-    """Every module path that holds variables (directly or below), in definition order."""
+def flax_modules(target: Mapping[str, Any], call_order: Sequence[Path] = ()) -> list[FlaxModuleInfo]:
+    """Every module path that holds variables (directly or below), in call order where known."""
     order: dict[Path, None] = {}
     leaves: list[tuple[str, Path, tuple[int, ...]]] = []
     for collection, tree in target.items():
@@ -196,8 +214,10 @@ def flax_modules(target: Mapping[str, Any]) -> list[FlaxModuleInfo]:
             leaves.append((collection, path, tuple(leaf.shape)))
             for depth in range(1, len(path)):
                 order.setdefault(path[:depth], None)
+    rank = {path: i for i, path in enumerate(call_order)}
+    paths = sorted(order, key=lambda p: rank.get(p, len(rank)))  # stable: unknown keep their order
     infos = []
-    for module_path in order:
+    for module_path in paths:
         n = len(module_path)
         shapes = {
             (collection, path[n:]): shape
@@ -354,8 +374,8 @@ def translate_keras_model(
 
     reg = registry()
     layers = convert_keras_layers(keras_model, reg.rules, progress)
-    target = flax_target(module, input_shape)
-    modules = flax_modules(target)
+    target, call_order = trace_flax(module, input_shape)
+    modules = flax_modules(target, call_order)
     assignment = reg.manager.hook.kjax_match_layers(
         model=model_name, keras_layers=layers, flax_modules=modules
     )

@@ -18,7 +18,7 @@ from kjax_core.translator import (
     convert_keras_layers,
     default_match,
     flax_modules,
-    flax_target,
+    trace_flax,
 )
 
 SHAPE = (9, 7, 6)  # odd, non-square, more than one channel
@@ -37,8 +37,8 @@ class One(nn.Module):
 
 def translate_one(keras_model, module, shape=SHAPE):
     layers = convert_keras_layers(keras_model, registry().rules)
-    target = flax_target(module, shape)
-    return assemble("test", layers, target, default_match(layers, flax_modules(target)))
+    target, order = trace_flax(module, shape)
+    return assemble("test", layers, target, default_match(layers, flax_modules(target, order)))
 
 
 def check(keras_layer, flax_fn, shape=SHAPE, package=keras, extra=None):

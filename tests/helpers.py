@@ -1,0 +1,31 @@
+"""Small helpers shared by the tests."""
+
+import numpy as np
+import pytest
+
+from kjax_core.translator import flatten
+
+
+def run_cli(args, capsys):
+    """Run the kjax CLI in this process; returns (exit code, stdout, stderr)."""
+    from kjax_core.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def leaves(tree):
+    return [np.asarray(v) for _, v in flatten(tree)]
+
+
+def save_legacy_h5(keras_model, path):
+    """Write weights the way the Keras Applications files are written (legacy HDF5, by layer)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, keras_model)
+    return path
