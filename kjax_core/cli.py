@@ -190,6 +190,7 @@ def verify(
     batch: int = typer.Option(2, "--batch", min=2, help="Images in the random batch."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest relative L2 error accepted."),
     seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Run Keras and the translated Flax model on one random batch and compare them."""
     from .options import check_input_shape, check_options
@@ -214,15 +215,22 @@ def verify(
         )
     images = parity.sample_images((batch, *translation.input_shape), seed + 7)
     report = parity.compare(translation, keras_model, images, tolerance)
-    table = Table(box=None, header_style="bold")
-    for column in ("model", "input", "weights", "rel. error", "max abs", "images differ", "broken", "ok"):
-        table.add_column(column)
-    table.add_row(
-        spec.name, "x".join(map(str, report.input_shape)), weights,
-        f"{report.relative_error:.2e}", f"{report.max_abs_error:.2e}",
-        f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}", "yes" if report.ok else "NO",
-    )
-    out.print(table)
+    if as_json:
+        fields = ("model", "input_shape", "relative_error", "max_abs_error", "sensitivity",
+                  "broken", "broken_error", "tolerance", "problems")
+        out.print_json(json.dumps({"weights": weights, "ok": report.ok,
+                                   **{f: getattr(report, f) for f in fields}}))
+    else:
+        table = Table(box=None, header_style="bold")
+        for column in ("model", "input", "weights", "rel. error", "max abs", "images differ",
+                       "broken", "ok"):
+            table.add_column(column)
+        table.add_row(
+            spec.name, "x".join(map(str, report.input_shape)), weights,
+            f"{report.relative_error:.2e}", f"{report.max_abs_error:.2e}",
+            f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}", "yes" if report.ok else "NO",
+        )
+        out.print(table)
     if report.relative_error > tolerance:
         raise KjaxError(
             f"{spec.name} differs from Keras: relative error {report.relative_error:.2e} > {tolerance:g}"

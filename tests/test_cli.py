@@ -1,0 +1,203 @@
+"""The command line as a user meets it: data on stdout, one-line errors, exit codes, safe output."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kjax_core
+from kjax_core.parity import relative_error, sample_images
+
+from helpers import leaves, run_cli
+
+
+def one_line_error(code, err, expected_code=2):
+    assert code == expected_code
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_list(capsys):
+    code, out, err = run_cli(["list"], capsys)
+    assert code == 0 and err == ""
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["resnet50"])
+    assert row.split() == ["resnet50", "resnet", "25.6M", "224x224x3", "caffe", "resnet"]
+    code, out, _ = run_cli(["list", "resnet1*", "--json"], capsys)
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["resnet101", "resnet152"]
+    assert rows[0]["parameters"] == 44_707_176 and rows[0]["plugin"] == "resnet"
+    code, out, err = run_cli(["list", "vgg*"], capsys)
+    assert code == 1 and "no model matches" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["translate", "resnet5", "-o", "x"], "Did you mean 'resnet50'"),
+        (["translate", "resnet50", "-o", "x", "--pooling", "mx"], "pooling must be one of"),
+        (["translate", "resnet50", "-o", "x", "--set", "alpha=0.5"], "has no option 'alpha'"),
+        (["translate", "resnet50", "-o", "x", "--set", "alpha"], "--set takes KEY=VALUE"),
+        (["translate", "resnet50", "-o", "x", "--set", "include_top=maybe"], "takes a bool"),
+        (["translate", "resnet50", "-o", "x", "--classes", "many"], "Invalid value for '--classes'"),
+        (["translate", "resnet50", "-o", "x", "--classes", "0"], "classes must be a positive"),
+        (["translate", "resnet50", "-o", "x", "--input-shape", "10,10,3"], "at least 32x32"),
+        (["translate", "resnet50", "-o", "x", "--input-shape", "64,64"], "three integers"),
+        (["translate", "resnet50", "-o", "x", "--input-shape", "a,b,c"], "H,W,C"),
+        (["translate", "resnet50", "-o", "x", "--format", "zip"], "--format must be one of"),
+        (["translate", "resnet50", "-o", "x", "--classifier-activation", "bogus"], "classifier_activation"),
+        (["translate", "resnet50"], "Missing option '--output'"),
+        (["translate", "resnet50", "-o", "x", "--frobnicate"], "No such option"),
+        (["transl", "resnet50"], "No such command"),
+    ],
+)
+def test_bad_input_gets_one_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(args, capsys)
+    one_line_error(code, err)
+    assert message in err and out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_weights_files(tmp_path, capsys):
+    (tmp_path / "text.h5").write_text("not weights")
+    cases = [
+        (tmp_path / "missing.h5", "weights file not found"),
+        (tmp_path / "text.h5", "is not a Keras weights file"),
+        (tmp_path, "is not a file"),
+    ]
+    for path, message in cases:
+        code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", path], capsys)
+        one_line_error(code, err, 1)
+        assert message in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """One translated output (random Keras weights, no top), shared by the tests below."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("cli") / "resnet50"
+    result = subprocess.run(
+        [sys.executable, "-m", "kjax_core.cli", "translate", "resnet50", "-o", str(out),
+         "--weights", "none", "--no-include-top", "--pooling", "avg"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_translate_writes_a_complete_output(written):
+    out, result = written
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "variables.msgpack"]
+    assert result.stdout.startswith(str(out)) and "318 arrays" in result.stdout
+    assert result.stderr == "", "TensorFlow's start-up notices must not reach the user"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "resnet50" and config["options"]["pooling"] == "avg"
+    assert config["options"]["include_top"] is False and config["weights"] is None
+    assert {"kjax", "keras", "tensorflow", "jax", "flax"} <= set(config["versions"])
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_existing_output_is_never_touched_without_force(written, capsys):
+    out, _ = written
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none"], capsys)
+    one_line_error(code, err, 1)
+    assert "exists and is not empty; pass --force" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_output_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(["translate", "resnet50", "-o", tmp_path / "file" / "out", "-w", "none"], capsys)
+    one_line_error(code, err, 1)
+    assert "is a file" in err
+
+
+def test_output_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root may write anywhere: let the folder say no as it would to a user
+        import kjax_core.io
+
+        monkeypatch.setattr(kjax_core.io.os, "access", lambda path, mode: Path(path) != ro)
+    code, _, err = run_cli(["translate", "resnet50", "-o", ro / "out", "-w", "none"], capsys)
+    one_line_error(code, err, 1)
+    assert f"cannot write to {ro}: permission denied" in err
+
+
+def test_force_replaces_and_formats(written, tmp_path, capsys):
+    out = tmp_path / "copy"
+    code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--no-include-top",
+                            "--format", "safetensors"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--no-include-top",
+                            "--pooling", "max", "--force"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "variables.msgpack"]
+    assert [p.name for p in tmp_path.iterdir()] == ["copy"]
+    module, variables = kjax_core.load(out)
+    assert module.pooling == "max"
+
+
+def test_safetensors_and_msgpack_hold_the_same(tmp_path):
+    translation = kjax_core.translate("resnet50", None, include_top=False)
+    for fmt in ("msgpack", "safetensors"):
+        kjax_core.save(translation, tmp_path / fmt, fmt=fmt)
+    (_, a), (_, b) = kjax_core.load(tmp_path / "msgpack"), kjax_core.load(tmp_path / "safetensors")
+    assert len(leaves(a)) == len(leaves(translation.variables)) == 318
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+
+
+def test_load_and_check(written, tmp_path, capsys):
+    out, _ = written
+    module, variables = kjax_core.load(out)
+    y = module.apply(variables, sample_images((1, 64, 64, 3)))
+    assert y.shape == (1, 2048)
+    code, stdout, _ = run_cli(["check", out], capsys)
+    assert code == 0 and "ok" in stdout
+    # A changed byte is refused, by `check` and by load.
+    damaged = tmp_path / "damaged"
+    import shutil
+
+    shutil.copytree(out, damaged)
+    data = bytearray((damaged / "variables.msgpack").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "variables.msgpack").write_bytes(bytes(data))
+    code, _, err = run_cli(["check", damaged], capsys)
+    one_line_error(code, err, 1)
+    assert "variables.msgpack was changed or damaged" in err
+    with pytest.raises(kjax_core.CorruptFileError):
+        kjax_core.load(damaged)
+    with pytest.raises(kjax_core.CorruptFileError, match="not a kjax output"):
+        kjax_core.load(tmp_path)
+
+
+def test_verify(capsys):
+    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3",
+                              "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["relative_error"] < 1e-4 and report["ok"] and report["input_shape"] == [67, 45, 3]
+    assert report["sensitivity"] > 1e-2 and report["broken_error"] > 1e-3
+    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3"], capsys)
+    assert code == 0 and "resnet50" in out and "yes" in out
+
+
+def test_verify_fails_above_tolerance(capsys):
+    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3",
+                              "--tolerance", "1e-12"], capsys)
+    one_line_error(code, err, 1)
+    assert "differs from Keras" in err
+
+
+def test_create_model_and_apply_match_load(written):
+    out, _ = written
+    module, variables = kjax_core.load(out)
+    fresh = kjax_core.create_model("resnet50", include_top=False, pooling="avg")
+    x = sample_images((1, 40, 48, 3), 3)
+    assert relative_error(fresh.apply(variables, x), module.apply(variables, x)) == 0.0

@@ -1,0 +1,104 @@
+"""Plugin loading, isolation and the model registry."""
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from kjax_core import PluginError, UnknownModelError, get_spec, list_models
+from kjax_core import plugins
+from kjax_core.nn import ACTIVATIONS
+from kjax_core.options import CLASSIFIER_ACTIVATIONS
+
+from helpers import run_cli
+
+
+@pytest.fixture
+def extra_entry_points(monkeypatch):
+    """Add fake entry points of the kjax group next to the installed ones."""
+    added = []
+    real = metadata.entry_points
+
+    def entry_points(**kwargs):
+        found = list(real(**kwargs))
+        if kwargs.get("group") == plugins.ENTRY_POINT_GROUP:
+            found += added
+        return found
+
+    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    plugins.reset()
+    yield lambda name, value: added.append(
+        metadata.EntryPoint(name, value, plugins.ENTRY_POINT_GROUP))
+    plugins.reset()
+
+
+def test_list_models_wildcards_and_natural_sort():
+    assert list_models("resnet*")[:3] == ["resnet50", "resnet101", "resnet152"]
+    assert list_models("resnet1*") == ["resnet101", "resnet152"]
+    assert list_models("RESNET50") == ["resnet50"]
+    assert "resnet152" in list_models("152")
+    assert list_models("nothing-like-this*") == []
+
+
+def test_unknown_model_suggests():
+    with pytest.raises(UnknownModelError, match="Did you mean 'resnet50'"):
+        get_spec("resnet5O")
+
+
+def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
+    extra_entry_points("broken", "kjax_no_such_module_anywhere")
+    extra_entry_points("failing", "fake_plugins:failing")
+    assert "resnet50" in list_models()
+    err = capsys.readouterr().err
+    assert "plugin 'broken'" in err and "ModuleNotFoundError" in err
+    assert "plugin 'failing' failed in kjax_register_models" in err
+    code, out, err = run_cli(["plugins", "--json"], capsys)
+    status = {row["name"]: row["status"] for row in json.loads(out)}
+    assert code == 0 and status["resnet"] == "loaded"
+    assert status["broken"].startswith("failed: ModuleNotFoundError")
+    assert status["failing"] == "failed: RuntimeError: cannot register today"
+
+
+def test_two_plugins_with_one_name(extra_entry_points, capsys):
+    extra_entry_points("dup", "fake_plugins:duplicate")
+    with pytest.raises(PluginError, match=r"registered by several plugins \(resnet, dup\)"):
+        get_spec("resnet50")
+    assert get_spec("resnet101").plugin == "resnet"
+    code, out, err = run_cli(["translate", "resnet50", "-o", "unused", "-w", "none"], capsys)
+    assert code == 1 and "KJAX_DISABLE_PLUGINS" in err
+
+
+def test_environment_selects_plugins(monkeypatch):
+    monkeypatch.setenv("KJAX_DISABLE_PLUGINS", "resnet")
+    plugins.reset()
+    try:
+        assert list_models() == []
+        monkeypatch.delenv("KJAX_DISABLE_PLUGINS")
+        monkeypatch.setenv("KJAX_PLUGINS", "resnet")
+        plugins.reset()
+        assert "resnet50" in list_models()
+    finally:
+        plugins.reset()
+
+
+HEAVY = ("tensorflow", "keras", "tf_keras", "jax", "flax")
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["--help"], ["plugins"]])
+def test_light_commands_import_no_framework(args):
+    code = (
+        "import sys\n"
+        "from kjax_core.cli import main\n"
+        "assert 'kjax_resnet' not in sys.modules, 'plugins load lazily'\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_classifier_activations_match_the_flax_head():
+    assert set(CLASSIFIER_ACTIVATIONS) == set(ACTIVATIONS)

@@ -1,0 +1,134 @@
+"""The strict translator: nothing lost, nothing filled twice, everything that does not fit named."""
+
+import keras
+import numpy as np
+import pytest
+from flax import linen as nn
+from keras import layers
+
+from kjax_core import LayerRule, WeightsError
+from kjax_core import nn as knn
+from kjax_core.parity import randomize, relative_error
+from kjax_core.plugins import registry
+from kjax_core.translator import (
+    assemble,
+    convert_keras_layers,
+    default_match,
+    flax_modules,
+    trace_flax,
+)
+
+SHAPE = (11, 9, 3)
+
+
+def keras_net(names=("a", "b", "c")):
+    inputs = keras.Input(SHAPE)
+    x = layers.Conv2D(5, 3, name=names[0])(inputs)
+    x = layers.BatchNormalization(name=names[1])(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, name=names[2])(x))
+
+
+class FlaxNet(nn.Module):
+    names: tuple = ("a", "b", "c")
+    features: int = 5
+    extra: bool = False
+    dense: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        x = knn.conv(x, self.features, 3, name=self.names[0])
+        x = knn.batch_norm(x, name=self.names[1], train=False)
+        if self.extra:
+            x = knn.conv(x, self.features, 1, name="extra")
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(4, name=self.names[2])(x) if self.dense else x
+
+
+def translate(keras_model, module, rules=None):
+    converted = convert_keras_layers(keras_model, rules or registry().rules)
+    target, order = trace_flax(module, SHAPE)
+    return assemble("net", converted, target, default_match(converted, flax_modules(target, order)))
+
+
+def test_a_fitting_translation_computes_the_same():
+    model = keras_net()
+    randomize(model, 1)
+    module = FlaxNet()
+    variables = translate(model, module)
+    x = np.random.default_rng(0).normal(size=(2, *SHAPE)).astype("float32")
+    assert relative_error(module.apply(variables, x), model(x)) < 1e-5
+
+
+def test_unmatched_keras_layer_is_named():
+    with pytest.raises(WeightsError, match="Keras layer 'c' matches no Flax module"):
+        translate(keras_net(), FlaxNet(dense=False))
+
+
+def test_unfilled_flax_leaf_is_named():
+    with pytest.raises(WeightsError, match="Flax leaf params/extra/kernel not filled"):
+        translate(keras_net(), FlaxNet(extra=True))
+
+
+def test_shape_mismatch_is_named_with_both_shapes():
+    with pytest.raises(WeightsError) as error:
+        translate(keras_net(), FlaxNet(features=6))
+    message = str(error.value)
+    assert "shape mismatch params/a/kernel: Keras 'a' gives (3, 3, 3, 5), Flax expects (3, 3, 3, 6)" in message
+    # One error lists every problem, with counts.
+    assert "shape mismatches" in message and "params/b/scale" in message
+
+
+def test_a_rule_that_leaves_a_weight_unused_fails():
+    rules = dict(registry().rules)
+    rules["BatchNormalization"] = LayerRule(
+        "BatchNormalization",
+        lambda layer, w: {"params": {"scale": w.take("gamma"), "bias": w.take("beta")},
+                          "batch_stats": {"mean": w.take("moving_mean"),
+                                          "var": np.ones(5, np.float32)}},
+    )
+    with pytest.raises(WeightsError, match="rule left weights of 'b' unused: moving_variance"):
+        translate(keras_net(), FlaxNet(), rules)
+
+
+def test_a_layer_without_rule_fails():
+    class Odd(layers.Layer):
+        def build(self, shape):
+            self.w = self.add_weight(name="w", shape=(shape[-1],))
+
+        def call(self, x):
+            return x * self.w
+
+    inputs = keras.Input(SHAPE)
+    model = keras.Model(inputs, Odd(name="odd")(inputs))
+    with pytest.raises(WeightsError, match="no layer rule for Keras class Odd"):
+        convert_keras_layers(model, registry().rules)
+
+
+def test_automatic_names_pair_by_order_within_kind():
+    keras_model = keras_net(names=("conv2d_17", "batch_normalization_3", "dense_9"))
+    randomize(keras_model, 2)
+    module = FlaxNet(names=("stem", "norm", "head"))
+    variables = translate(keras_model, module)
+    x = np.random.default_rng(0).normal(size=(2, *SHAPE)).astype("float32")
+    assert relative_error(module.apply(variables, x), keras_model(x)) < 1e-5
+
+
+def test_order_matching_refuses_to_guess_when_counts_differ():
+    keras_model = keras_net(names=("conv2d_17", "batch_normalization_3", "dense_9"))
+    with pytest.raises(WeightsError, match="unfilled Flax leaves"):
+        translate(keras_model, FlaxNet(names=("stem", "norm", "head"), extra=True))
+
+
+def test_flax_leaf_dtype_follows_param_dtype():
+    import jax.numpy as jnp
+
+    class Half(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = knn.conv(x, 5, 3, name="a", param_dtype=jnp.bfloat16)
+            x = knn.batch_norm(x, name="b", train=False)
+            return nn.Dense(4, name="c")(x.mean(axis=(1, 2)))
+
+    variables = translate(keras_net(), Half())
+    assert variables["params"]["a"]["kernel"].dtype == jnp.bfloat16
