@@ -6,6 +6,7 @@ import them when called.
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import Any
 
 from .errors import (
@@ -21,7 +22,10 @@ from .hookspecs import hookimpl
 from .plugins import get_spec, list_models
 from .spec import LayerRule, ModelSpec
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("kjax")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CorruptFileError", "KjaxError", "LayerRule", "ModelSpec", "OptionError", "OutputError",

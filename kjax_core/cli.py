@@ -32,6 +32,23 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"kjax {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+    ),
+) -> None:
+    """Keras Applications models in Flax, with their pretrained weights."""
+
+
 # ----------------------------------------------------------------------------- shared option parsing
 
 WeightsOption = typer.Option(

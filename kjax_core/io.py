@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptFileError, KjaxError, OutputError, WeightsError
+from .errors import CorruptFileError, OutputError, WeightsError
 from .translator import flatten, unflatten
 
 FORMAT_VERSION = 1
@@ -212,5 +212,3 @@ def load(path: str | os.PathLike):
     variables = jax.tree_util.tree_map(jnp.asarray, stored)
     return module, variables
 
-
-__all__ = ["save", "load", "verify", "check_destination", "KjaxError"]

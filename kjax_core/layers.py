@@ -56,30 +56,27 @@ def separable_conv(layer: Any, weights: WeightBag) -> dict:
     return {"params": {"depthwise": depthwise, "pointwise": pointwise}}
 
 
+def _scale_and_bias(weights: WeightBag) -> dict:
+    """Keras' gamma/beta (each absent when scale/center is off) -> Flax's scale/bias."""
+    params = {}
+    for keras_name, flax_name in (("gamma", "scale"), ("beta", "bias")):
+        value = weights.take_optional(keras_name)
+        if value is not None:
+            params[flax_name] = value
+    return params
+
+
 def batch_norm(layer: Any, weights: WeightBag) -> dict:
     """BatchNormalization -> ``flax.linen.BatchNorm`` (``use_scale``/``use_bias`` follow Keras'
     ``scale``/``center``): gamma -> scale, beta -> bias, moving mean/variance -> batch_stats."""
-    params = {}
-    gamma = weights.take_optional("gamma")
-    if gamma is not None:
-        params["scale"] = gamma
-    beta = weights.take_optional("beta")
-    if beta is not None:
-        params["bias"] = beta
+    params = _scale_and_bias(weights)
     stats = {"mean": weights.take("moving_mean"), "var": weights.take("moving_variance")}
     return {"params": params, "batch_stats": stats} if params else {"batch_stats": stats}
 
 
 def layer_norm(layer: Any, weights: WeightBag) -> dict:
     """LayerNormalization -> ``flax.linen.LayerNorm``: gamma -> scale, beta -> bias."""
-    params = {}
-    gamma = weights.take_optional("gamma")
-    if gamma is not None:
-        params["scale"] = gamma
-    beta = weights.take_optional("beta")
-    if beta is not None:
-        params["bias"] = beta
-    return {"params": params}
+    return {"params": _scale_and_bias(weights)}
 
 
 def normalization(layer: Any, weights: WeightBag) -> dict:

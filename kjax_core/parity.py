@@ -54,9 +54,10 @@ def sample_images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.clip(images, 0, 255)
 
 
-def _short(weight: Any) -> str:
-    name = getattr(weight, "path", None) or weight.name
-    return name.split(":")[0].split("/")[-1]
+def _short(weight: Any, layer: Any) -> str:
+    from .translator import short_name
+
+    return short_name(weight, layer.name).split("/")[-1]
 
 
 def _layers(model: Any) -> Iterator[Any]:
@@ -73,7 +74,7 @@ def randomize(model: Any, seed: int = 0) -> None:
             continue
         values = []
         for weight, current in zip(layer.weights, layer.get_weights()):
-            name, shape = _short(weight), current.shape
+            name, shape = _short(weight, layer), current.shape
             if name == "gamma":
                 value = rng.uniform(0.5, 1.5, shape)
             elif name in ("beta", "bias"):
@@ -127,7 +128,7 @@ def calibrate(model: Any, images: np.ndarray, seed: int = 0, perturb: float = 0.
     for layer in _layers(model):
         if "BatchNormalization" not in type(layer).__name__:
             continue
-        names = [_short(w) for w in layer.weights]
+        names = [_short(w, layer) for w in layer.weights]
         values = layer.get_weights()
         mean, var = names.index("moving_mean"), names.index("moving_variance")
         std = np.sqrt(np.maximum(values[var], 1e-6))

@@ -112,7 +112,8 @@ def iter_keras_layers(model: Any) -> Iterator[Any]:
             yield layer
 
 
-def _short_name(weight: Any, layer_name: str) -> str:
+def short_name(weight: Any, layer_name: str) -> str:
+    """A weight's name within its layer (``gamma``), for Keras 3 paths and tf_keras names."""
     raw = getattr(weight, "path", None) or weight.name
     parts = raw.split(":")[0].split("/")
     if layer_name in parts:
@@ -147,7 +148,7 @@ def convert_keras_layers(
                 f"no layer rule for Keras class {type(layer).__name__} (layer '{layer.name}')"
             )
             continue
-        names = [_short_name(w, layer.name) for w in layer.weights]
+        names = [short_name(w, layer.name) for w in layer.weights]
         if len(set(names)) != len(names):
             problems.append(f"layer '{layer.name}' has repeated weight names {names}")
             continue
@@ -259,9 +260,9 @@ def default_match(
             if layer.name in assignment:
                 continue
             wanted = key(layer.name)
-            candidates = [
-                m for m in index.get(wanted, []) if free(m.path) and m.signature == layer.signature
-            ]
+            # A name match wins even if the variables differ: the assembly then names the exact
+            # leaves that do not fit, which says more than a silent fall back to order.
+            candidates = [m for m in index.get(wanted, []) if free(m.path)]
             if len(candidates) == 1:
                 assignment[layer.name] = candidates[0].path
                 taken.append(candidates[0].path)

@@ -95,3 +95,14 @@ def test_bfloat16_compute_stays_close():
     # 9.6e-2). This checks that dtype reaches the computation and stays sane, not bf16 accuracy.
     error = relative_error(out, translation.module.apply(translation.variables, x))
     assert 1e-3 < error < 0.25
+
+
+def test_preprocess_input_is_keras_caffe_mode():
+    import keras
+
+    import kjax_core
+    from kjax_core.parity import sample_images
+
+    images = sample_images((2, 9, 7, 3), 1)
+    expected = keras.applications.resnet.preprocess_input(images.copy())
+    np.testing.assert_allclose(kjax_core.preprocess_input("resnet50", images), expected, rtol=1e-6)

@@ -132,3 +132,34 @@ def test_flax_leaf_dtype_follows_param_dtype():
 
     variables = translate(keras_net(), Half())
     assert variables["params"]["a"]["kernel"].dtype == jnp.bfloat16
+
+
+class _Matcher:
+    """A plugin answering kjax_match_layers for model 'net' only."""
+
+    calls = []
+
+    @staticmethod
+    def kjax_match_layers(model, keras_layers, flax_modules):
+        _Matcher.calls.append(model)
+        if model != "net":
+            return None
+        return {"a": ("a",), "b": ("b",), "c": ("a",)}  # sends the Dense into the conv
+
+
+def test_a_plugin_can_decide_the_matching():
+    from kjax_core import hookimpl
+    from kjax_core.translator import translate_keras_model
+
+    plugin = type("Matcher", (), {
+        "kjax_match_layers": staticmethod(hookimpl(_Matcher.kjax_match_layers))})()
+    manager = registry().manager
+    manager.register(plugin, name="test-matcher")
+    try:
+        with pytest.raises(WeightsError, match="Flax leaf filled twice|from 'c'"):
+            translate_keras_model("net", keras_net(), FlaxNet(), SHAPE)
+        assert _Matcher.calls == ["net"]
+        # For other models it answers None and the default matching runs.
+        translate_keras_model("other", keras_net(), FlaxNet(), SHAPE)
+    finally:
+        manager.unregister(plugin)
