@@ -74,8 +74,10 @@ def translate(
         reference = build_keras_model(spec, options, weights, input_shape)
     else:
         reference = KerasReference(keras_model, weights, None)
+    from .translator import iter_keras_layers, translate_keras_model
+
     module = _module(spec, options)
-    total = sum(1 for layer in _layers(reference.model) if layer.weights)
+    total = sum(1 for layer in iter_keras_layers(reference.model) if layer.weights)
     done = 0
 
     def step(_layer_name: str) -> None:
@@ -84,16 +86,8 @@ def translate(
         if progress:
             progress("layer", done, total)
 
-    from .translator import translate_keras_model
-
     # Keras' input shape, with the default size where the Keras model takes any size.
     shape = tuple(int(d) if d is not None else s
                   for d, s in zip(reference.model.inputs[0].shape[1:], spec.input_size))
     variables = translate_keras_model(spec.name, reference.model, module, shape, step)
     return Translation(spec, options, shape, module, variables, reference)
-
-
-def _layers(model):
-    from .translator import iter_keras_layers
-
-    return iter_keras_layers(model)

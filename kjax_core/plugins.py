@@ -102,7 +102,10 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, infos: dict[str, PluginIn
         if info is not None and hook_name not in info.hooks:
             info.hooks.append(hook_name)
         try:
-            impl.function(register=lambda item, _name=name: sink(item, _name))
+            items: list[Any] = []
+            impl.function(register=items.append)
+            for item in items:  # only once the hook has run to the end: all or nothing
+                sink(item, name)
         except Exception as error:
             message = _one_line(error)
             _warn(f"plugin '{name}' failed in {hook_name} and is skipped: {message}")
@@ -128,6 +131,8 @@ def build_registry() -> Registry:
     def add_model(spec: ModelSpec, plugin: str) -> None:
         if not isinstance(spec, ModelSpec):
             raise PluginError(f"register() takes a ModelSpec, got {type(spec).__name__}")
+        if spec.name != spec.name.strip().lower() or not spec.name:
+            raise PluginError(f"model names are lower case without spaces, got {spec.name!r}")
         owners.setdefault(spec.name, []).append(plugin)
         models.setdefault(spec.name, replace(spec, plugin=plugin))
 

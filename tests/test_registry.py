@@ -51,6 +51,7 @@ def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
     extra_entry_points("broken", "kjax_no_such_module_anywhere")
     extra_entry_points("failing", "fake_plugins:failing")
     assert "resnet50" in list_models()
+    assert "halfway" not in list_models(), "a failing plugin registers nothing"
     err = capsys.readouterr().err
     assert "plugin 'broken'" in err and "ModuleNotFoundError" in err
     assert "plugin 'failing' failed in kjax_register_models" in err
