@@ -139,6 +139,11 @@ def build_keras_model(
         try:
             model = constructor(**kwargs)
         except Exception as error:
+            if downloads:  # the file arrived (or was cached) but Keras could not load it
+                raise WeightsError(
+                    f"Keras could not load the {weights} weights file {downloads[-1]}: "
+                    f"{_first_line(error)}; delete it to download it again"
+                ) from None
             if "URL fetch failure" in str(error) or "fetch" in type(error).__name__.lower():
                 raise WeightsError(
                     f"could not download the {weights} weights of {spec.name} (no network?). "

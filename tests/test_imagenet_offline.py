@@ -95,3 +95,12 @@ def test_weights_file_path(tmp_path, capsys):
         ["translate", "resnet101", "-o", tmp_path / "other", "-w", path, "--no-include-top"], capsys)
     assert code == 1 and "does not fit resnet101" in err and err.count("\n") == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_a_cached_file_that_does_not_load(tmp_path, serve_weights, capsys):
+    fname = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    _, other = reference_model("resnet101", include_top=False, prepare=False)
+    serve_weights[fname] = save_legacy_h5(other, tmp_path / fname)  # the wrong model's weights
+    code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "out", "--no-include-top"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert f"could not load the imagenet weights file {tmp_path / fname}" in err
