@@ -330,8 +330,20 @@ class _progress:
         return self._progress.__exit__(*exc)
 
 
+def _redeliver_interrupt(unraisable: Any, _default=sys.unraisablehook) -> None:
+    """Ctrl-C landing in a finaliser or GC callback (JAX has one) is "ignored" by Python with a
+    traceback; deliver it to the main thread again instead, so it stops the command cleanly."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+
+        _thread.interrupt_main()
+    else:
+        _default(unraisable)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app, turning every failure into one line and an exit code."""
+    sys.unraisablehook = _redeliver_interrupt
     try:
         code = app(args=argv, prog_name="kjax", standalone_mode=False)
     except KjaxError as error:
@@ -354,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             markup=False,
         )
         sys.exit(3)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        err.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 
