@@ -64,8 +64,10 @@ def kjax_match_layers(
     The first non-None answer wins; the core's default runs last. It matches canonical names first
     (the Flax path joined with ``_`` equals the Keras layer name, so ``("conv2_block1", "1_conv")``
     is fed by ``conv2_block1_1_conv``), then pairs what is left in order within each kind of layer
-    (same variable names and ranks). It never relies on Keras' auto-generated numeric suffixes, which
-    depend on a per-process counter.
+    (same variable names and ranks; Keras model order against Flax call order), only where both
+    sides have as many of that kind. It never relies on Keras' auto-generated numeric suffixes, which
+    depend on a per-process counter. Where order is not enough (parallel branches whose layers have
+    the same kind), implement this hook for your model.
 
     The translator checks whatever is returned: every Keras weight used once, every Flax leaf
     filled once, shapes equal.

@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
 VARIABLE_FILES = {"msgpack": "variables.msgpack", "safetensors": "variables.safetensors"}
+CONFIG_KEYS = ("kjax_format", "model", "options", "input_shape", "format", "variables_file")
 
 
 def versions() -> dict[str, str]:
@@ -50,13 +51,27 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def is_output(path: Path) -> bool:
+    """Does ``path`` look like a kjax output (nothing but the files an output holds)?"""
+    names = {p.name for p in path.iterdir()}
+    return {CONFIG, MANIFEST} <= names and names <= {CONFIG, MANIFEST, *VARIABLE_FILES.values()}
+
+
 def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
     """Fail early, before any work, if ``out`` cannot receive an output."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"output directory {out} exists and is not empty; pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise OutputError(
+                f"output directory {out} exists and is not empty; pass --force to replace it"
+            )
+        if not is_output(out):
+            # --force replaces a kjax output, never an arbitrary folder (`-o .` must not wipe it).
+            raise OutputError(
+                f"{out} is not empty and is not a kjax output; --force only replaces kjax outputs"
+            )
     parent = out.parent
     for ancestor in (parent, *parent.parents):
         if ancestor.exists():
@@ -140,6 +155,9 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
         _move_into_place(staging, out)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {out}: {error.strerror or error}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -171,13 +189,20 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         config = json.loads((path / CONFIG).read_text())
-    except (OSError, ValueError) as error:
-        raise CorruptFileError(f"cannot read {path}: {error}") from None
-    for name, expected in manifest.get("files", {}).items():
+        files = manifest["files"]
+        listed = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+        missing_keys = [key for key in CONFIG_KEYS if key not in config]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CorruptFileError(f"cannot read {path}: {MANIFEST} or {CONFIG} is malformed ({error!r})") from None
+    if missing_keys:
+        raise CorruptFileError(f"{path / CONFIG} lacks {', '.join(missing_keys)}; translate again")
+    if CONFIG not in listed or config["variables_file"] not in listed:
+        raise CorruptFileError(f"{path / MANIFEST} does not cover the output's files; translate again")
+    for name, (size, digest) in listed.items():
         file = path / name
         if not file.is_file():
             raise CorruptFileError(f"{file} is missing; translate the model again")
-        if file.stat().st_size != expected["size"] or sha256_file(file) != expected["sha256"]:
+        if file.stat().st_size != size or sha256_file(file) != digest:
             raise CorruptFileError(f"{file} was changed or damaged (checksum mismatch); translate again")
     return config
 

@@ -21,6 +21,8 @@ from .spec import ModelSpec, resolve
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
+WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras")
+DOWNLOAD_TIMEOUT_S = 60  # per socket operation; Keras' urlretrieve has none of its own
 
 # Where each Keras package fetches application weights; tests replace these to work offline.
 GET_FILE_LOCATIONS = (
@@ -79,6 +81,10 @@ def check_weights_file(path: str) -> Path:
         raise CorruptFileError(
             f"{path} is not a Keras weights file (expected HDF5 .h5/.weights.h5 or a .keras archive)"
         )
+    if file.suffix not in WEIGHT_SUFFIXES:
+        raise WeightsError(
+            f"Keras reads weights only from files named *.h5, *.hdf5 or *.keras; rename {path}"
+        )
     return file
 
 
@@ -135,7 +141,7 @@ def build_keras_model(
     if input_shape is not None:
         kwargs["input_shape"] = tuple(input_shape)
     downloads: list[str] = []
-    with contextlib.redirect_stdout(sys.stderr), _record_downloads(downloads):
+    with contextlib.redirect_stdout(sys.stderr), _record_downloads(downloads), _socket_timeout():
         try:
             model = constructor(**kwargs)
         except Exception as error:
@@ -144,11 +150,11 @@ def build_keras_model(
                     f"Keras could not load the {weights} weights file {downloads[-1]}: "
                     f"{_first_line(error)}; delete it to download it again"
                 ) from None
-            if "URL fetch failure" in str(error) or "fetch" in type(error).__name__.lower():
+            if weights in spec.weights and _is_download_failure(error):
                 raise WeightsError(
-                    f"could not download the {weights} weights of {spec.name} (no network?). "
-                    "Download the file where there is a network and pass it with "
-                    "--weights PATH, or put it in ~/.keras/models/."
+                    f"could not download the {weights} weights of {spec.name} "
+                    f"({_first_line(error)[:160]}). Download the file where there is a network "
+                    "and pass it with --weights PATH, or put it in ~/.keras/models/."
                 ) from None
             raise OptionError(f"Keras refused the options for {spec.name}: {_first_line(error)}") from None
         if weights_file:
@@ -165,6 +171,29 @@ def build_keras_model(
     if downloads:
         weights_file = downloads[-1]
     return KerasReference(model, weights, weights_file)
+
+
+def _is_download_failure(error: BaseException) -> bool:
+    """Keras' get_file wraps network errors in a bare Exception("URL fetch failure ...") and
+    reports a bad download as a hash mismatch; timeouts and resets arrive as OSError."""
+    text = str(error).lower()
+    return isinstance(error, OSError) or any(
+        marker in text for marker in ("url fetch failure", "hash", "corrupted", "timed out")
+    )
+
+
+@contextlib.contextmanager
+def _socket_timeout() -> Iterator[None]:
+    """A download that stalls fails after DOWNLOAD_TIMEOUT_S instead of hanging."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    if previous is None:
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _first_line(error: BaseException) -> str:

@@ -93,24 +93,47 @@ def _load_entry_points(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, infos: dict[str, PluginInfo], sink) -> None:
-    """Call one registration hook plugin by plugin, so each item knows its plugin and one
-    failing plugin is isolated."""
+def _registrations(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> list[Any]:
+    """What one plugin's implementation of a registration hook registers."""
+    items: list[Any] = []
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        name = impl.plugin_name
-        info = infos.get(name)
-        if info is not None and hook_name not in info.hooks:
-            info.hooks.append(hook_name)
-        try:
-            items: list[Any] = []
+        if impl.plugin is plugin:
             impl.function(register=items.append)
-            for item in items:  # only once the hook has run to the end: all or nothing
-                sink(item, name)
-        except Exception as error:
-            message = _one_line(error)
-            _warn(f"plugin '{name}' failed in {hook_name} and is skipped: {message}")
-            if info is not None:
-                info.error = message
+    return items
+
+
+def _admit(
+    pm: pluggy.PluginManager,
+    plugin: object,
+    models: dict[str, ModelSpec],
+    rules: dict[str, LayerRule],
+) -> tuple[list[str], list[ModelSpec], list[LayerRule]]:
+    """Check everything one plugin implements and registers, before any of it is used.
+
+    Returns (hook names, models, rules); raises on the first problem, so that a plugin is taken
+    whole or not at all.
+    """
+    hooks = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.spec is None:
+            raise PluginError(f"implements unknown hook {caller.name} (misspelled?)")
+        hooks.append(caller.name)
+    new_models = _registrations(pm, plugin, "kjax_register_models")
+    new_rules = _registrations(pm, plugin, "kjax_register_layer_rules")
+    for spec in new_models:
+        if not isinstance(spec, ModelSpec):
+            raise PluginError(f"registered a {type(spec).__name__} where a ModelSpec belongs")
+        if not spec.name or spec.name != spec.name.strip().lower():
+            raise PluginError(f"model names are lower case without spaces, got {spec.name!r}")
+    seen: set[str] = set()
+    for rule in new_rules:
+        if not isinstance(rule, LayerRule):
+            raise PluginError(f"registered a {type(rule).__name__} where a LayerRule belongs")
+        if rule.keras_class in rules or rule.keras_class in seen:
+            owner = rules[rule.keras_class].plugin if rule.keras_class in rules else "itself"
+            raise PluginError(f"layer rule for {rule.keras_class} is already registered by '{owner}'")
+        seen.add(rule.keras_class)
+    return hooks, new_models, new_rules
 
 
 def build_registry() -> Registry:
@@ -120,41 +143,28 @@ def build_registry() -> Registry:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name=CORE_PLUGIN)
-    core_version = _version("kjax")
-    infos = [PluginInfo(CORE_PLUGIN, "kjax", core_version, builtin.__name__)]
+    infos = [PluginInfo(CORE_PLUGIN, "kjax", _version("kjax"), builtin.__name__)]
     infos += _load_entry_points(pm)
-    by_name = {info.name: info for info in infos}
 
     models: dict[str, ModelSpec] = {}
     owners: dict[str, list[str]] = {}
-
-    def add_model(spec: ModelSpec, plugin: str) -> None:
-        if not isinstance(spec, ModelSpec):
-            raise PluginError(f"register() takes a ModelSpec, got {type(spec).__name__}")
-        if spec.name != spec.name.strip().lower() or not spec.name:
-            raise PluginError(f"model names are lower case without spaces, got {spec.name!r}")
-        owners.setdefault(spec.name, []).append(plugin)
-        models.setdefault(spec.name, replace(spec, plugin=plugin))
-
     rules: dict[str, LayerRule] = {}
-
-    def add_rule(rule: LayerRule, plugin: str) -> None:
-        if not isinstance(rule, LayerRule):
-            raise PluginError(f"register() takes a LayerRule, got {type(rule).__name__}")
-        if rule.keras_class in rules:
-            raise PluginError(
-                f"layer rule for {rule.keras_class} already registered by "
-                f"'{rules[rule.keras_class].plugin}'"
-            )
-        rules[rule.keras_class] = replace(rule, plugin=plugin)
-
-    _collect(pm, "kjax_register_models", by_name, add_model)
-    _collect(pm, "kjax_register_layer_rules", by_name, add_rule)
     for info in infos:
-        for hook in ("kjax_match_layers",):
-            impls = [i.plugin_name for i in getattr(pm.hook, hook).get_hookimpls()]
-            if info.name in impls and hook not in info.hooks:
-                info.hooks.append(hook)
+        plugin = pm.get_plugin(info.name)
+        if info.error or plugin is None:
+            continue
+        try:
+            info.hooks, new_models, new_rules = _admit(pm, plugin, models, rules)
+        except Exception as error:  # the whole plugin is left out, its other hooks too
+            info.error = _one_line(error)
+            _warn(f"plugin '{info.name}' is skipped: {info.error}")
+            pm.unregister(plugin)
+            continue
+        for spec in new_models:
+            owners.setdefault(spec.name, []).append(info.name)
+            models.setdefault(spec.name, replace(spec, plugin=info.name))
+        for rule in new_rules:
+            rules[rule.keras_class] = replace(rule, plugin=info.name)
     conflicts = {name: plugins for name, plugins in owners.items() if len(plugins) > 1}
     for name, plugins in conflicts.items():
         _warn(

@@ -78,7 +78,9 @@ class LayerRule:
 
     Attributes:
         keras_class: the Keras layer class name (``"Conv2D"``). Keras 3 and tf_keras layers of
-            the same name share a rule. Subclasses fall back to their base class's rule.
+            the same name share a rule. Only that exact class uses it, never a subclass: a
+            subclass may lay out the same weights differently (tf_keras' Conv2DTranspose is a
+            Conv2D), so each class needs a rule of its own.
         convert: ``convert(layer, weights) -> {collection: {leaf: array}}`` where ``weights`` is a
             :class:`kjax_core.translator.WeightBag` (take each Keras weight out of it by its short
             name; whatever is left unused makes the translation fail) and the result is the variable

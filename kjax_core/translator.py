@@ -122,10 +122,9 @@ def short_name(weight: Any, layer_name: str) -> str:
 
 
 def find_rule(layer: Any, rules: Mapping[str, Any]) -> Any | None:
-    for cls in type(layer).__mro__:
-        if cls.__name__ in rules:
-            return rules[cls.__name__]
-    return None
+    """The rule for the layer's own class. Never a base class's: tf_keras' Conv2DTranspose is a
+    Conv2D whose kernel is laid out differently, and a silent fallback would mistranslate it."""
+    return rules.get(type(layer).__name__)
 
 
 def convert_keras_layers(
@@ -233,18 +232,17 @@ def flax_modules(target: Mapping[str, Any], call_order: Sequence[Path] = ()) -> 
 # ------------------------------------------------------------------------------------------- matching
 
 
-def _normal(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
 def default_match(
     keras_layers: Sequence[KerasLayerInfo], modules: Sequence[FlaxModuleInfo]
 ) -> dict[str, Path]:
-    """Canonical names first, then normalised names, then order within each kind of layer.
+    """Canonical names first, then order within each kind of layer.
 
-    The order fallback pairs the i-th unmatched Keras layer of a kind with the i-th unmatched Flax
-    module of the same kind, and only when both sides have the same number of them; otherwise
-    that kind stays unmatched and is reported.
+    A Keras layer whose name equals a module's canonical name (its path joined with ``_``) feeds it.
+    The order fallback then pairs the i-th unmatched Keras layer of a kind (same variable names and
+    ranks) with the i-th unmatched Flax module of that kind in call order, and only when both sides
+    have the same number of them; otherwise that kind stays unmatched and is reported. No name is
+    normalised: Keras' ``dense_1`` must not meet Flax's automatic ``Dense_1``, whose numbers count
+    differently.
     """
     assignment: dict[str, Path] = {}
     taken: list[Path] = []
@@ -252,20 +250,16 @@ def default_match(
     def free(path: Path) -> bool:
         return not any(path[: len(t)] == t or t[: len(path)] == path for t in taken)
 
-    for key in (lambda name: name, _normal):
-        index: dict[str, list[FlaxModuleInfo]] = {}
-        for module in modules:
-            index.setdefault(key(module.canonical_name), []).append(module)
-        for layer in keras_layers:
-            if layer.name in assignment:
-                continue
-            wanted = key(layer.name)
-            # A name match wins even if the variables differ: the assembly then names the exact
-            # leaves that do not fit, which says more than a silent fall back to order.
-            candidates = [m for m in index.get(wanted, []) if free(m.path)]
-            if len(candidates) == 1:
-                assignment[layer.name] = candidates[0].path
-                taken.append(candidates[0].path)
+    index: dict[str, list[FlaxModuleInfo]] = {}
+    for module in modules:
+        index.setdefault(module.canonical_name, []).append(module)
+    for layer in keras_layers:
+        # A name match wins even if the variables differ: the assembly then names the exact
+        # leaves that do not fit, which says more than a silent fall back to order.
+        candidates = [m for m in index.get(layer.name, []) if free(m.path)]
+        if len(candidates) == 1:
+            assignment[layer.name] = candidates[0].path
+            taken.append(candidates[0].path)
 
     by_kind_keras: dict[Signature, list[KerasLayerInfo]] = {}
     for layer in keras_layers:
@@ -377,7 +371,23 @@ def translate_keras_model(
     layers = convert_keras_layers(keras_model, reg.rules, progress)
     target, call_order = trace_flax(module, input_shape)
     modules = flax_modules(target, call_order)
-    assignment = reg.manager.hook.kjax_match_layers(
-        model=model_name, keras_layers=layers, flax_modules=modules
-    )
-    return assemble(model_name, layers, target, assignment or {})
+    assignment = match_layers(reg.manager, model_name, layers, modules)
+    return assemble(model_name, layers, target, assignment)
+
+
+def match_layers(manager: Any, model_name: str, layers: Any, modules: Any) -> dict[str, Path]:
+    """The ``kjax_match_layers`` hook, first answer wins, each plugin's failure named."""
+    from .errors import PluginError
+
+    kwargs = {"model": model_name, "keras_layers": layers, "flax_modules": modules}
+    for impl in reversed(manager.hook.kjax_match_layers.get_hookimpls()):  # pluggy's call order
+        try:
+            answer = impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except Exception as error:
+            raise PluginError(
+                f"plugin '{impl.plugin_name}' failed to match layers for {model_name}: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        if answer is not None:
+            return dict(answer)
+    return {}

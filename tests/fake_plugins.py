@@ -22,3 +22,50 @@ class Failing:
 
 duplicate = Duplicate()
 failing = Failing()
+
+
+class HalfBad:
+    """Registers a good model, then something that is not a ModelSpec, and has a matcher that
+    must never run because the plugin is rejected whole."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(ModelSpec("goodname", "halfbad", "x:y", "x:y"))
+        register("not a spec")
+
+    @hookimpl
+    def kjax_match_layers(self, model, keras_layers, flax_modules):
+        raise AssertionError("a rejected plugin's hook ran")
+
+
+class RuleThief:
+    """Registers a rule for a Keras class the core already handles."""
+
+    @hookimpl
+    def kjax_register_layer_rules(self, register):
+        from kjax_core import LayerRule
+
+        register(LayerRule("MyLayer", lambda layer, w: {}))
+        register(LayerRule("Conv2D", lambda layer, w: {}))
+
+
+class Misspelled:
+    """A typo in a hook name."""
+
+    @hookimpl
+    def kjax_register_model(self, register):
+        register(ModelSpec("typo", "typo", "x:y", "x:y"))
+
+
+class BadMatcher:
+    """Its matching hook raises."""
+
+    @hookimpl
+    def kjax_match_layers(self, model, keras_layers, flax_modules):
+        raise RuntimeError("matcher bug")
+
+
+halfbad = HalfBad()
+rulethief = RuleThief()
+misspelled = Misspelled()
+badmatcher = BadMatcher()

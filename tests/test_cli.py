@@ -61,10 +61,12 @@ def test_bad_input_gets_one_line(args, message, capsys, tmp_path, monkeypatch):
 
 def test_bad_weights_files(tmp_path, capsys):
     (tmp_path / "text.h5").write_text("not weights")
+    (tmp_path / "renamed.bin").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     cases = [
         (tmp_path / "missing.h5", "weights file not found"),
         (tmp_path / "text.h5", "is not a Keras weights file"),
         (tmp_path, "is not a file"),
+        (tmp_path / "renamed.bin", "rename"),
     ]
     for path, message in cases:
         code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", path], capsys)
@@ -111,6 +113,27 @@ def test_existing_output_is_never_touched_without_force(written, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_force_never_replaces_a_folder_that_is_not_a_kjax_output(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(["translate", "resnet50", "-o", tmp_path, "-w", "none", "--force"], capsys)
+    one_line_error(code, err, 1)
+    assert "is not a kjax output; --force only replaces kjax outputs" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+@pytest.mark.parametrize(
+    "config,manifest",
+    [("{}", "{}"), ("[]", '{"files": 3}'), ('{"model": "resnet50"}', '{"files": {}}'), ("{", "{}")],
+)
+def test_malformed_outputs_are_refused_in_one_line(tmp_path, capsys, config, manifest):
+    (tmp_path / "config.json").write_text(config)
+    (tmp_path / "manifest.json").write_text(manifest)
+    code, _, err = run_cli(["check", tmp_path], capsys)
+    one_line_error(code, err, 1)
+    with pytest.raises(kjax_core.CorruptFileError):
+        kjax_core.load(tmp_path)
+
+
 def test_output_under_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, _, err = run_cli(["translate", "resnet50", "-o", tmp_path / "file" / "out", "-w", "none"], capsys)
@@ -145,12 +168,17 @@ def test_force_replaces_and_formats(written, tmp_path, capsys):
 
 
 def test_safetensors_and_msgpack_hold_the_same(tmp_path):
+    from kjax_core.translator import flatten
+
     translation = kjax_core.translate("resnet50", None, include_top=False)
+    original = dict(flatten(translation.variables))
+    assert len(original) == 318
     for fmt in ("msgpack", "safetensors"):
         kjax_core.save(translation, tmp_path / fmt, fmt=fmt)
-    (_, a), (_, b) = kjax_core.load(tmp_path / "msgpack"), kjax_core.load(tmp_path / "safetensors")
-    assert len(leaves(a)) == len(leaves(translation.variables)) == 318
-    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+        _, variables = kjax_core.load(tmp_path / fmt)
+        loaded = dict(flatten(variables))
+        assert loaded.keys() == original.keys()
+        assert all(np.array_equal(loaded[path], original[path]) for path in original)
 
 
 def test_load_and_check(written, tmp_path, capsys):
@@ -186,6 +214,20 @@ def test_verify(capsys):
     assert report["sensitivity"] > 1e-2 and report["broken_error"] > 1e-3
     code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3"], capsys)
     assert code == 0 and "resnet50" in out and "yes" in out
+
+
+def test_verify_fails_on_nan(tmp_path, capsys):
+    from kjax_core.parity import reference_model
+
+    _, keras_model = reference_model("resnet50", include_top=False, prepare=False)
+    layer = keras_model.get_layer("conv2_block1_1_conv")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.full_like(kernel, np.nan), bias])
+    keras_model.save_weights(tmp_path / "nan.weights.h5")
+    code, out, err = run_cli(["verify", "resnet50", "-w", tmp_path / "nan.weights.h5",
+                              "--no-include-top", "--input-shape", "64,64,3"], capsys)
+    one_line_error(code, err, 1)
+    assert "differs from Keras: relative error nan" in err
 
 
 def test_verify_fails_above_tolerance(capsys):

@@ -104,3 +104,22 @@ def test_a_cached_file_that_does_not_load(tmp_path, serve_weights, capsys):
     code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "out", "--no-include-top"], capsys)
     assert code == 1 and err.count("\n") == 1
     assert f"could not load the imagenet weights file {tmp_path / fname}" in err
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TimeoutError("timed out"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        ValueError("Incomplete or corrupted file detected. The sha256 file hash does not match"),
+    ],
+)
+def test_download_failures_are_weights_errors(tmp_path, monkeypatch, capsys, failure):
+    def get_file(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "out"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "could not download the imagenet weights of resnet50" in err and "--weights PATH" in err
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from flax import linen as nn
 
 import keras
 import tf_keras
+from kjax_core import LayerRule
 from kjax_core import nn as knn
 from kjax_core.parity import randomize, relative_error
 from kjax_core.plugins import registry
@@ -142,3 +143,29 @@ def test_tf_keras_names():
         lambda x: knn.batch_norm(x, name="bn", train=False, epsilon=1e-5),
         package=tf_keras,
     )
+
+
+@pytest.mark.parametrize(
+    "rule_name,sabotage",
+    [
+        # The flattening order of a depthwise kernel with a multiplier: (m c) instead of (c m).
+        ("DepthwiseConv2D", lambda v: {"params": {**v["params"], "kernel": np.reshape(
+            np.swapaxes(np.reshape(v["params"]["kernel"], (3, 3, 1, 6, 2)), -1, -2), (3, 3, 1, 12))}}),
+        # Mean and variance swapped.
+        ("BatchNormalization", lambda v: {**v, "batch_stats": {
+            "mean": v["batch_stats"]["var"], "var": v["batch_stats"]["mean"]}}),
+    ],
+)
+def test_a_wrong_rule_fails_the_comparison(rule_name, sabotage, monkeypatch):
+    """The checks above can fail: the same comparison rejects a subtly wrong rule."""
+    rules = registry().rules
+    original = rules[rule_name]
+    monkeypatch.setitem(rules, rule_name, LayerRule(
+        rule_name, lambda layer, weights: sabotage(original.convert(layer, weights))))
+    with pytest.raises(AssertionError):
+        if rule_name == "DepthwiseConv2D":
+            check(L.DepthwiseConv2D(3, depth_multiplier=2, name="dw"),
+                  lambda x: knn.depthwise_conv(x, 3, depth_multiplier=2, name="dw"))
+        else:
+            check(L.BatchNormalization(name="bn"),
+                  lambda x: knn.batch_norm(x, name="bn", train=False))

@@ -54,7 +54,7 @@ def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
     assert "halfway" not in list_models(), "a failing plugin registers nothing"
     err = capsys.readouterr().err
     assert "plugin 'broken'" in err and "ModuleNotFoundError" in err
-    assert "plugin 'failing' failed in kjax_register_models" in err
+    assert "plugin 'failing' is skipped: RuntimeError: cannot register today" in err
     code, out, err = run_cli(["plugins", "--json"], capsys)
     status = {row["name"]: row["status"] for row in json.loads(out)}
     assert code == 0 and status["resnet"] == "loaded"
@@ -62,12 +62,38 @@ def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
     assert status["failing"] == "failed: RuntimeError: cannot register today"
 
 
-def test_two_plugins_with_one_name(extra_entry_points, capsys):
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("fake_plugins:halfbad", "registered a str where a ModelSpec belongs"),
+        ("fake_plugins:rulethief", "layer rule for Conv2D is already registered by 'kjax_core'"),
+        ("fake_plugins:misspelled", "implements unknown hook kjax_register_model (misspelled?)"),
+    ],
+)
+def test_a_plugin_is_taken_whole_or_not_at_all(extra_entry_points, capsys, value, message):
+    extra_entry_points("odd", value)
+    reg = plugins.registry()
+    info = next(p for p in reg.plugins if p.name == "odd")
+    assert message in info.error and message in capsys.readouterr().err
+    assert not {"goodname", "typo"} & set(reg.models)
+    assert "MyLayer" not in reg.rules and reg.rules["Conv2D"].plugin == "kjax_core"
+    assert reg.manager.get_plugin("odd") is None, "none of its hooks may run"
+    assert "resnet50" in reg.models
+
+
+def test_a_failing_matcher_is_named(extra_entry_points, capsys, tmp_path):
+    extra_entry_points("badmatch", "fake_plugins:badmatcher")
+    code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", "none"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "plugin 'badmatch' failed to match layers for resnet50: RuntimeError: matcher bug" in err
+
+
+def test_two_plugins_with_one_name(extra_entry_points, capsys, tmp_path):
     extra_entry_points("dup", "fake_plugins:duplicate")
     with pytest.raises(PluginError, match=r"registered by several plugins \(resnet, dup\)"):
         get_spec("resnet50")
     assert get_spec("resnet101").plugin == "resnet"
-    code, out, err = run_cli(["translate", "resnet50", "-o", "unused", "-w", "none"], capsys)
+    code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", "none"], capsys)
     assert code == 1 and "KJAX_DISABLE_PLUGINS" in err
 
 

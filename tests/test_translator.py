@@ -163,3 +163,35 @@ def test_a_plugin_can_decide_the_matching():
         translate_keras_model("other", keras_net(), FlaxNet(), SHAPE)
     finally:
         manager.unregister(plugin)
+
+
+def test_a_subclass_does_not_borrow_its_base_class_rule():
+    """tf_keras' Conv2DTranspose is a Conv2D with another kernel layout: no silent fallback."""
+    import tf_keras
+
+    inputs = tf_keras.Input(SHAPE)
+    model = tf_keras.Model(inputs, tf_keras.layers.Conv2DTranspose(3, 3, name="up")(inputs))
+    with pytest.raises(WeightsError, match="no layer rule for Keras class Conv2DTranspose"):
+        convert_keras_layers(model, registry().rules)
+
+
+def test_flax_automatic_names_are_not_confused_with_keras_ones():
+    """Keras' dense_1, dense_2 and Flax's Dense_0, Dense_1 count differently; pairing is by order."""
+    keras.layers.Dense(1)  # advance Keras' counter
+    inputs = keras.Input((6,))
+    x = layers.Dense(5)(inputs)
+    keras_model = keras.Model(inputs, layers.Dense(5)(layers.Dense(5)(x)))
+    randomize(keras_model, 4)
+
+    class Auto(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(3):
+                x = nn.Dense(5)(x)
+            return x
+
+    converted = convert_keras_layers(keras_model, registry().rules)
+    target, order = trace_flax(Auto(), (6,))
+    variables = assemble("auto", converted, target, default_match(converted, flax_modules(target, order)))
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    assert relative_error(Auto().apply(variables, x), keras_model(x)) < 1e-5
