@@ -8,7 +8,7 @@ from typing import Any, Callable
 from .keras_ref import KerasReference, build_keras_model
 from .options import check_input_shape, check_options
 from .plugins import get_spec
-from .spec import ModelSpec, resolve
+from .spec import ModelSpec
 
 # progress(event, done, total): events are "build" (Keras model, total None) and "layer".
 Progress = Callable[[str, int, "int | None"], None]
@@ -32,7 +32,7 @@ def _module(spec: ModelSpec, options: dict[str, Any], dtype: Any = None, param_d
         extra["dtype"] = dtype
     if param_dtype is not None:
         extra["param_dtype"] = param_dtype
-    return resolve(spec.flax_module)(**options, **extra)
+    return spec.load(spec.flax_module)(**options, **extra)
 
 
 @dataclass

@@ -52,34 +52,43 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def is_output(path: Path) -> bool:
-    """Does ``path`` look like a kjax output (nothing but the files an output holds)?"""
+    """Is ``path`` a kjax output: nothing but an output's files, with a kjax config and manifest?"""
     names = {p.name for p in path.iterdir()}
-    return {CONFIG, MANIFEST} <= names and names <= {CONFIG, MANIFEST, *VARIABLE_FILES.values()}
+    if not ({CONFIG, MANIFEST} <= names <= {CONFIG, MANIFEST, *VARIABLE_FILES.values()}):
+        return False
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
+        return "kjax_format" in config and isinstance(manifest.get("files"), dict)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
     """Fail early, before any work, if ``out`` cannot receive an output."""
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputError(
-                f"output directory {out} exists and is not empty; pass --force to replace it"
-            )
-        if not is_output(out):
-            # --force replaces a kjax output, never an arbitrary folder (`-o .` must not wipe it).
-            raise OutputError(
-                f"{out} is not empty and is not a kjax output; --force only replaces kjax outputs"
-            )
-    parent = out.parent
-    for ancestor in (parent, *parent.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise OutputError(f"cannot create {out}: {ancestor} is a file")
-            if not os.access(ancestor, os.W_OK | os.X_OK):
-                raise OutputError(f"cannot write to {ancestor}: permission denied")
-            break
+    out = Path(os.path.abspath(os.path.expanduser(out)))  # lexically: `new/..` is the folder it names
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"output path {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()):
+            if not force:
+                raise OutputError(
+                    f"output directory {out} exists and is not empty; pass --force to replace it"
+                )
+            if not is_output(out):
+                # --force replaces a kjax output, never an arbitrary folder (`-o .` must not wipe it).
+                raise OutputError(
+                    f"{out} is not empty and is not a kjax output; --force only replaces kjax outputs"
+                )
+        for ancestor in out.parents:
+            if ancestor.exists():
+                if not ancestor.is_dir():
+                    raise OutputError(f"cannot create {out}: {ancestor} is a file")
+                if not os.access(ancestor, os.W_OK | os.X_OK):
+                    raise OutputError(f"cannot write to {ancestor}: permission denied")
+                break
+    except OSError as error:
+        raise OutputError(f"cannot use {out} for output: {error.strerror or error}") from None
     return out
 
 
@@ -116,7 +125,6 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
     if fmt not in VARIABLE_FILES:
         raise OutputError(f"unknown format {fmt!r}; choose one of {', '.join(VARIABLE_FILES)}")
     out = check_destination(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
     spec, reference = translation.spec, translation.reference
     weights_file = reference.weights_file
     config = {
@@ -132,11 +140,15 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
+    staging = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the destination (same file system, so the final move is atomic), with a short
+        # name: the destination's own name may already be as long as names can be.
+        staging = Path(tempfile.mkdtemp(prefix=".kjax-partial-", dir=out.parent))
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
         variables_file = _write_variables(staging, translation.variables, fmt)
         config["variables_file"] = variables_file
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -156,27 +168,29 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
                 os.fsync(handle.fileno())
         _move_into_place(staging, out)
     except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write {out}: {error.strerror or error}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    """Rename the complete staging directory to ``out``; a previous output is set aside first and
+    deleted only once the new one is in place (put back if the move fails)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=".kjax-old-", dir=out.parent))
+    try:
         os.replace(out, old / "previous")
         try:
             os.replace(staging, out)
         except BaseException:
             os.replace(old / "previous", out)
             raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
@@ -196,6 +210,11 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptFileError(f"cannot read {path}: {MANIFEST} or {CONFIG} is malformed ({error!r})") from None
     if missing_keys:
         raise CorruptFileError(f"{path / CONFIG} lacks {', '.join(missing_keys)}; translate again")
+    shape = config["input_shape"]
+    if not (isinstance(config["model"], str) and isinstance(config["options"], dict)
+            and isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)
+            and config["variables_file"] in VARIABLE_FILES.values()):
+        raise CorruptFileError(f"{path / CONFIG} is malformed; translate again")
     if CONFIG not in listed or config["variables_file"] not in listed:
         raise CorruptFileError(f"{path / MANIFEST} does not cover the output's files; translate again")
     for name, (size, digest) in listed.items():

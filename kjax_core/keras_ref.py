@@ -9,6 +9,7 @@ own ``load_weights`` (HDF5 and ``.weights.h5``/``.keras`` files; no pickle is in
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import warnings
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import CorruptFileError, OptionError, WeightsError
-from .spec import ModelSpec, resolve
+from .spec import ModelSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -85,6 +86,14 @@ def check_weights_file(path: str) -> Path:
         raise WeightsError(
             f"Keras reads weights only from files named *.h5, *.hdf5 or *.keras; rename {path}"
         )
+    if head == HDF5_SIGNATURE:
+        import h5py
+
+        try:
+            with h5py.File(file, "r"):
+                pass
+        except OSError:
+            raise CorruptFileError(f"{path} is a damaged or truncated HDF5 file") from None
     return file
 
 
@@ -135,13 +144,16 @@ def build_keras_model(
                 "pass a weights file path, or none for random weights"
             )
         weights_file = str(check_weights_file(weights))
-    constructor = resolve(spec.keras_constructor)
+    constructor = spec.load(spec.keras_constructor)
     kwargs = dict(options)
     kwargs["weights"] = None if weights_file else weights
     if input_shape is not None:
         kwargs["input_shape"] = tuple(input_shape)
     downloads: list[str] = []
-    with contextlib.redirect_stdout(sys.stderr), _record_downloads(downloads), _socket_timeout():
+    # Keras prints (download notices, progress bars) to stdout, which is for data here; the
+    # progress display says what is happening instead.
+    keras_says = io.StringIO()
+    with contextlib.redirect_stdout(keras_says), _record_downloads(downloads), _socket_timeout():
         try:
             model = constructor(**kwargs)
         except Exception as error:
@@ -151,10 +163,12 @@ def build_keras_model(
                     f"{_first_line(error)}; delete it to download it again"
                 ) from None
             if weights in spec.weights and _is_download_failure(error):
+                # Keras says "URL fetch failure on URL: code -- reason"; keep the reason.
+                reason = _first_line(error).rpartition(" -- ")[2]
                 raise WeightsError(
-                    f"could not download the {weights} weights of {spec.name} "
-                    f"({_first_line(error)[:160]}). Download the file where there is a network "
-                    "and pass it with --weights PATH, or put it in ~/.keras/models/."
+                    f"could not download the {weights} weights of {spec.name} ({reason}). "
+                    "Download the file where there is a network and pass it with --weights PATH, "
+                    "or put it in ~/.keras/models/."
                 ) from None
             raise OptionError(f"Keras refused the options for {spec.name}: {_first_line(error)}") from None
         if weights_file:

@@ -117,14 +117,21 @@ def _admit(
     for caller in pm.get_hookcallers(plugin) or []:
         if caller.spec is None:
             raise PluginError(f"implements unknown hook {caller.name} (misspelled?)")
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)):
+                raise PluginError(f"implements {caller.name} as a wrapper; kjax calls plain hooks")
         hooks.append(caller.name)
     new_models = _registrations(pm, plugin, "kjax_register_models")
     new_rules = _registrations(pm, plugin, "kjax_register_layer_rules")
+    names: set[str] = set()
     for spec in new_models:
         if not isinstance(spec, ModelSpec):
             raise PluginError(f"registered a {type(spec).__name__} where a ModelSpec belongs")
         if not spec.name or spec.name != spec.name.strip().lower():
             raise PluginError(f"model names are lower case without spaces, got {spec.name!r}")
+        if spec.name in names:
+            raise PluginError(f"registered model '{spec.name}' twice")
+        names.add(spec.name)
     seen: set[str] = set()
     for rule in new_rules:
         if not isinstance(rule, LayerRule):

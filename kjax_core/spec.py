@@ -67,6 +67,18 @@ class ModelSpec:
     weights: tuple[str, ...] = ("imagenet",)
     plugin: str = ""
 
+    def load(self, ref: str) -> Any:
+        """Import one of this spec's ``"module:attr"`` references, naming the plugin on failure."""
+        from .errors import PluginError
+
+        try:
+            return resolve(ref)
+        except (ImportError, AttributeError) as error:
+            raise PluginError(
+                f"plugin '{self.plugin}' gives {ref} for {self.name}, which cannot be imported: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+
     def default_options(self) -> dict[str, Any]:
         """Every option the model takes, with its default."""
         return {**COMMON_OPTIONS, **self.options}

@@ -383,11 +383,12 @@ def match_layers(manager: Any, model_name: str, layers: Any, modules: Any) -> di
     for impl in reversed(manager.hook.kjax_match_layers.get_hookimpls()):  # pluggy's call order
         try:
             answer = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if answer is None:
+                continue
+            return {str(name): tuple(path) for name, path in dict(answer).items()}
         except Exception as error:
             raise PluginError(
                 f"plugin '{impl.plugin_name}' failed to match layers for {model_name}: "
                 f"{type(error).__name__}: {error}"
             ) from None
-        if answer is not None:
-            return dict(answer)
     return {}

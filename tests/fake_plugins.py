@@ -69,3 +69,42 @@ halfbad = HalfBad()
 rulethief = RuleThief()
 misspelled = Misspelled()
 badmatcher = BadMatcher()
+
+
+class Twice:
+    """Registers one name twice."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(ModelSpec("twin", "twice", "x:y", "x:y"))
+        register(ModelSpec("twin", "twice", "x:y", "x:y"))
+
+
+class Wrapper:
+    """A matcher written as a pluggy wrapper."""
+
+    @hookimpl(wrapper=True)
+    def kjax_match_layers(self, model, keras_layers, flax_modules):
+        return (yield)
+
+
+class OddMatcher:
+    """A matcher answering something that is not a mapping."""
+
+    @hookimpl
+    def kjax_match_layers(self, model, keras_layers, flax_modules):
+        return 5
+
+
+class Missing:
+    """A model whose code cannot be imported."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(ModelSpec("ghost", "ghost", "no_such_module:Ghost", "no_such_module:Ghost"))
+
+
+twice = Twice()
+wrapper = Wrapper()
+oddmatcher = OddMatcher()
+missing = Missing()

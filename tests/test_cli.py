@@ -49,6 +49,9 @@ def test_list(capsys):
         (["translate", "resnet50"], "Missing option '--output'"),
         (["translate", "resnet50", "-o", "x", "--frobnicate"], "No such option"),
         (["transl", "resnet50"], "No such command"),
+        (["verify", "resnet50", "--seed", "-1"], "--seed"),
+        (["verify", "resnet50", "--tolerance", "-1"], "--tolerance"),
+        (["verify", "resnet50", "--tolerance", "nan"], "--tolerance"),
     ],
 )
 def test_bad_input_gets_one_line(args, message, capsys, tmp_path, monkeypatch):
@@ -62,11 +65,13 @@ def test_bad_input_gets_one_line(args, message, capsys, tmp_path, monkeypatch):
 def test_bad_weights_files(tmp_path, capsys):
     (tmp_path / "text.h5").write_text("not weights")
     (tmp_path / "renamed.bin").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (tmp_path / "truncated.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     cases = [
         (tmp_path / "missing.h5", "weights file not found"),
         (tmp_path / "text.h5", "is not a Keras weights file"),
         (tmp_path, "is not a file"),
         (tmp_path / "renamed.bin", "rename"),
+        (tmp_path / "truncated.h5", "damaged or truncated HDF5 file"),
     ]
     for path, message in cases:
         code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", path], capsys)
@@ -113,12 +118,18 @@ def test_existing_output_is_never_touched_without_force(written, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
-def test_force_never_replaces_a_folder_that_is_not_a_kjax_output(tmp_path, capsys):
-    (tmp_path / "thesis.tex").write_text("years of work")
-    code, _, err = run_cli(["translate", "resnet50", "-o", tmp_path, "-w", "none", "--force"], capsys)
-    one_line_error(code, err, 1)
-    assert "is not a kjax output; --force only replaces kjax outputs" in err
-    assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+@pytest.mark.parametrize("files", [
+    {"thesis.tex": "years of work"},
+    {"config.json": '{"name": "my browser extension"}', "manifest.json": "{}"},
+])
+def test_force_never_replaces_a_folder_that_is_not_a_kjax_output(tmp_path, capsys, files):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for out in (tmp_path, tmp_path / "new" / ".."):
+        code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--force"], capsys)
+        one_line_error(code, err, 1)
+        assert "is not a kjax output; --force only replaces kjax outputs" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
 
 
 @pytest.mark.parametrize(
@@ -154,15 +165,16 @@ def test_output_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_force_replaces_and_formats(written, tmp_path, capsys):
-    out = tmp_path / "copy"
-    code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--no-include-top",
-                            "--format", "safetensors"], capsys)
+    out = tmp_path / ("copy[v2]" + "x" * 200)  # markup-like and long: printed as is, written whole
+    code, stdout, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--no-include-top",
+                                 "--format", "safetensors"], capsys)
     assert code == 0, err
+    assert stdout.startswith(f"{out}  resnet50")
     code, _, err = run_cli(["translate", "resnet50", "-o", out, "-w", "none", "--no-include-top",
                             "--pooling", "max", "--force"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "variables.msgpack"]
-    assert [p.name for p in tmp_path.iterdir()] == ["copy"]
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
     module, variables = kjax_core.load(out)
     assert module.pooling == "max"
 
@@ -210,10 +222,24 @@ def test_verify(capsys):
                               "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert report["relative_error"] < 1e-4 and report["ok"] and report["input_shape"] == [67, 45, 3]
+    assert report["relative_error"] < 1e-4 and report["matches"] and report["conclusive"]
+    assert report["input_shape"] == [67, 45, 3]
     assert report["sensitivity"] > 1e-2 and report["broken_error"] > 1e-3
     code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3"], capsys)
     assert code == 0 and "resnet50" in out and "yes" in out
+
+
+def test_verify_on_initial_weights_matches_but_is_inconclusive(capsys):
+    code, out, err = run_cli(["verify", "resnet50", "-w", "none", "--no-include-top",
+                              "--input-shape", "48,48,3", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["matches"] and not report["conclusive"]
+    assert "note: inconclusive" in err
+
+
+def test_bare_kjax_shows_help(capsys):
+    code, out, err = run_cli([], capsys)
+    assert code == 0 and "Usage: kjax" in out and err == ""
 
 
 def test_verify_fails_on_nan(tmp_path, capsys):

@@ -68,6 +68,8 @@ def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
         ("fake_plugins:halfbad", "registered a str where a ModelSpec belongs"),
         ("fake_plugins:rulethief", "layer rule for Conv2D is already registered by 'kjax_core'"),
         ("fake_plugins:misspelled", "implements unknown hook kjax_register_model (misspelled?)"),
+        ("fake_plugins:twice", "registered model 'twin' twice"),
+        ("fake_plugins:wrapper", "implements kjax_match_layers as a wrapper"),
     ],
 )
 def test_a_plugin_is_taken_whole_or_not_at_all(extra_entry_points, capsys, value, message):
@@ -75,17 +77,29 @@ def test_a_plugin_is_taken_whole_or_not_at_all(extra_entry_points, capsys, value
     reg = plugins.registry()
     info = next(p for p in reg.plugins if p.name == "odd")
     assert message in info.error and message in capsys.readouterr().err
-    assert not {"goodname", "typo"} & set(reg.models)
+    assert not {"goodname", "typo", "twin"} & set(reg.models)
     assert "MyLayer" not in reg.rules and reg.rules["Conv2D"].plugin == "kjax_core"
     assert reg.manager.get_plugin("odd") is None, "none of its hooks may run"
     assert "resnet50" in reg.models
 
 
-def test_a_failing_matcher_is_named(extra_entry_points, capsys, tmp_path):
-    extra_entry_points("badmatch", "fake_plugins:badmatcher")
+@pytest.mark.parametrize("value,message", [
+    ("fake_plugins:badmatcher", "RuntimeError: matcher bug"),
+    ("fake_plugins:oddmatcher", "TypeError"),
+])
+def test_a_failing_matcher_is_named(extra_entry_points, capsys, tmp_path, value, message):
+    extra_entry_points("badmatch", value)
     code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", "none"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "plugin 'badmatch' failed to match layers for resnet50: RuntimeError: matcher bug" in err
+    assert f"plugin 'badmatch' failed to match layers for resnet50: {message}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_whose_code_is_missing_names_its_plugin(extra_entry_points, capsys, tmp_path):
+    extra_entry_points("ghosts", "fake_plugins:missing")
+    code, out, err = run_cli(["translate", "ghost", "-o", tmp_path / "o", "-w", "none"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "plugin 'ghosts' gives no_such_module:Ghost for ghost, which cannot be imported" in err
 
 
 def test_two_plugins_with_one_name(extra_entry_points, capsys, tmp_path):
@@ -95,6 +109,10 @@ def test_two_plugins_with_one_name(extra_entry_points, capsys, tmp_path):
     assert get_spec("resnet101").plugin == "resnet"
     code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", "none"], capsys)
     assert code == 1 and "KJAX_DISABLE_PLUGINS" in err
+    # The list still works and shows both claimants.
+    code, out, err = run_cli(["list", "--json"], capsys)
+    row = next(r for r in json.loads(out) if r["name"] == "resnet50")
+    assert code == 0 and row["conflict"] and row["plugin"] == "resnet, dup"
 
 
 def test_environment_selects_plugins(monkeypatch):
