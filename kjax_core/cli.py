@@ -104,9 +104,20 @@ def _weights(text: str) -> Optional[str]:
     return None if text.strip().lower() == "none" else text
 
 
-def _note_ignored(options: dict[str, Any]) -> None:
+def _request(
+    model: str, include_top: bool, pooling: str, classes: Optional[int], activation: str,
+    extra: list[str] | None, input_shape: Optional[str],
+):
+    """(spec, checked options, input shape or None) from the options translate and verify share."""
+    from .options import check_input_shape, check_options
+    from .plugins import get_spec
+
+    spec = get_spec(model)
+    options = check_options(spec, _options(include_top, pooling, classes, activation, extra))
     if options["include_top"] and options["pooling"] is not None:
         err.print("note: --pooling is ignored with the top kept (as in Keras); add --no-include-top")
+    shape = _input_shape(input_shape)
+    return spec, options, shape if shape is None else check_input_shape(spec, shape)
 
 
 def _count(n: int) -> str:
@@ -170,15 +181,10 @@ def translate(
 ) -> None:
     """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
     from .io import VARIABLE_FILES, check_destination
-    from .options import check_input_shape, check_options
-    from .plugins import get_spec
 
-    spec = get_spec(model)
-    options = check_options(spec, _options(include_top, pooling, classes, classifier_activation, set_))
-    _note_ignored(options)
-    shape = _input_shape(input_shape)
-    if shape is not None:
-        check_input_shape(spec, shape)
+    spec, options, shape = _request(
+        model, include_top, pooling, classes, classifier_activation, set_, input_shape
+    )
     if fmt not in VARIABLE_FILES:
         raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
     check_destination(output, force)
@@ -224,17 +230,11 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Run Keras and the translated Flax model on one random batch and compare them."""
-    from .options import check_input_shape, check_options
-    from .plugins import get_spec
-
     if tolerance != tolerance:
         raise OptionError("--tolerance must be a number, not nan")
-    spec = get_spec(model)
-    options = _options(include_top, pooling, classes, classifier_activation, set_)
-    _note_ignored(check_options(spec, options))
-    shape = _input_shape(input_shape)
-    if shape is not None:
-        check_input_shape(spec, shape)
+    spec, options, shape = _request(
+        model, include_top, pooling, classes, classifier_activation, set_, input_shape
+    )
     from . import parity
     from .keras_ref import import_keras_quietly
 

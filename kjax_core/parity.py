@@ -28,6 +28,7 @@ import numpy as np
 from .keras_ref import prepare_environment
 from .plugins import get_spec
 from .preprocessing import apply_mode
+from .translator import flatten, iter_keras_layers, short_name
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -55,21 +56,13 @@ def sample_images(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def _short(weight: Any, layer: Any) -> str:
-    from .translator import short_name
-
     return short_name(weight, layer.name).split("/")[-1]
-
-
-def _layers(model: Any) -> Iterator[Any]:
-    from .translator import iter_keras_layers
-
-    return iter_keras_layers(model)
 
 
 def randomize(model: Any, seed: int = 0) -> None:
     """Give every weight of a Keras model a random value that keeps activations in range."""
     rng = np.random.default_rng(seed)
-    for layer in _layers(model):
+    for layer in iter_keras_layers(model):
         if not layer.weights:
             continue
         values = []
@@ -105,7 +98,7 @@ def randomize(model: Any, seed: int = 0) -> None:
 def _calibration_mode(model: Any) -> Iterator[None]:
     """BatchNorm momentum 0 (moving statistics := batch statistics), dropout off."""
     saved = []
-    for layer in _layers(model):
+    for layer in iter_keras_layers(model):
         if hasattr(layer, "momentum") and "BatchNormalization" in type(layer).__name__:
             saved.append((layer, "momentum", layer.momentum))
             layer.momentum = 0.0
@@ -125,7 +118,7 @@ def calibrate(model: Any, images: np.ndarray, seed: int = 0, perturb: float = 0.
     rng = np.random.default_rng(seed + 1)
     with _calibration_mode(model):
         model(images, training=True)
-    for layer in _layers(model):
+    for layer in iter_keras_layers(model):
         if "BatchNormalization" not in type(layer).__name__:
             continue
         names = [_short(w, layer) for w in layer.weights]
@@ -152,8 +145,6 @@ def break_translation(variables: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     initial values (mean 0, variance 1: the classic "batch_stats not loaded" bug), or, in a model
     without BatchNorm, its first kernel negated. Returns (what was broken, the copy)."""
     import copy
-
-    from .translator import flatten
 
     broken = copy.deepcopy(variables)
     for collection, leaf, what in (("batch_stats", "mean", "reset to mean 0, var 1"),

@@ -150,7 +150,9 @@ def build_registry() -> Registry:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name=CORE_PLUGIN)
-    infos = [PluginInfo(CORE_PLUGIN, "kjax", _version("kjax"), builtin.__name__)]
+    from . import __version__
+
+    infos = [PluginInfo(CORE_PLUGIN, "kjax", __version__, builtin.__name__)]
     infos += _load_entry_points(pm)
 
     models: dict[str, ModelSpec] = {}
@@ -190,13 +192,6 @@ def registry() -> Registry:
 def reset() -> None:
     """Forget the loaded plugins (after installing one, or changing KJAX_PLUGINS)."""
     registry.cache_clear()
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _natural_key(name: str) -> list[Any]:

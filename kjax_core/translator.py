@@ -207,26 +207,17 @@ def trace_flax(module: Any, input_shape: Sequence[int]) -> tuple[Tree, list[Path
 
 def flax_modules(target: Mapping[str, Any], call_order: Sequence[Path] = ()) -> list[FlaxModuleInfo]:
     """Every module path that holds variables (directly or below), in call order where known."""
-    order: dict[Path, None] = {}
-    leaves: list[tuple[str, Path, tuple[int, ...]]] = []
+    below: dict[Path, dict[tuple[str, Path], tuple[int, ...]]] = {}
     for collection, tree in target.items():
         for path, leaf in flatten(tree):
-            leaves.append((collection, path, tuple(leaf.shape)))
-            for depth in range(1, len(path)):
-                order.setdefault(path[:depth], None)
+            for depth in range(1, len(path)):  # each enclosing module sees the leaf
+                below.setdefault(path[:depth], {})[(collection, path[depth:])] = tuple(leaf.shape)
     rank = {path: i for i, path in enumerate(call_order)}
-    paths = sorted(order, key=lambda p: rank.get(p, len(rank)))  # stable: unknown keep their order
-    infos = []
-    for module_path in paths:
-        n = len(module_path)
-        shapes = {
-            (collection, path[n:]): shape
-            for collection, path, shape in leaves
-            if path[:n] == module_path
-        }
-        signature = _signature((c, p, len(s)) for (c, p), s in shapes.items())
-        infos.append(FlaxModuleInfo(module_path, shapes, signature))
-    return infos
+    paths = sorted(below, key=lambda p: rank.get(p, len(rank)))  # stable: unknown keep their order
+    return [
+        FlaxModuleInfo(path, below[path], _signature((c, p, len(s)) for (c, p), s in below[path].items()))
+        for path in paths
+    ]
 
 
 # ------------------------------------------------------------------------------------------- matching
