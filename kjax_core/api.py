@@ -14,20 +14,31 @@ from .spec import ModelSpec
 Progress = Callable[[str, int, "int | None"], None]
 
 
-def create_model(name: str, *, dtype: Any = None, param_dtype: Any = None, **options: Any):
+def create_model(
+    name: str, *, weights: str | None = None, dtype: Any = None, param_dtype: Any = None, **options: Any
+):
     """The Flax module of ``name`` built with Keras' option names.
 
     :param options: ``include_top``, ``pooling``, ``classes``, ``classifier_activation`` and the
         family's own options (``kjax list`` and :meth:`ModelSpec.default_options` show them).
     :param dtype: computation dtype (e.g. ``jnp.bfloat16``); None keeps float32.
     :param param_dtype: dtype of the parameters; None keeps float32.
+    :param weights: the named weight set (``"imagenet"``) whose graph to build, for the few Keras
+        models whose graph depends on it (EfficientNet rescales its input once more for imagenet
+        weights); None or a file path builds the graph Keras builds without named weights.
     """
     spec = get_spec(name)
-    return _module(spec, check_options(spec, options), dtype, param_dtype)
+    return _module(spec, check_options(spec, options), dtype, param_dtype, weights)
 
 
-def _module(spec: ModelSpec, options: dict[str, Any], dtype: Any = None, param_dtype: Any = None):
-    extra = {}
+def _module(
+    spec: ModelSpec,
+    options: dict[str, Any],
+    dtype: Any = None,
+    param_dtype: Any = None,
+    weights: str | None = None,
+):
+    extra = dict(spec.weights_options.get(weights, {})) if isinstance(weights, str) else {}
     if dtype is not None:
         extra["dtype"] = dtype
     if param_dtype is not None:
@@ -76,7 +87,7 @@ def translate(
         reference = KerasReference(keras_model, weights, None)
     from .translator import iter_keras_layers, translate_keras_model
 
-    module = _module(spec, options)
+    module = _module(spec, options, weights=weights)
     total = sum(1 for layer in iter_keras_layers(reference.model) if layer.weights)
     done = 0
 

@@ -238,7 +238,7 @@ def load(path: str | os.PathLike):
     config = verify(path)
     if config.get("kjax_format") != FORMAT_VERSION:
         raise CorruptFileError(f"{path} has kjax format {config.get('kjax_format')}, expected {FORMAT_VERSION}")
-    module = create_model(config["model"], **config["options"])
+    module = create_model(config["model"], weights=config.get("weights"), **config["options"])
     stored = _read_variables(Path(path) / config["variables_file"], config["format"])
     target = flax_target(module, config["input_shape"])
     expected = {p: leaf for p, leaf in flatten(target)}

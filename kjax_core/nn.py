@@ -45,6 +45,20 @@ def zero_pad(x: jax.Array, padding: Pad) -> jax.Array:
     return jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
 
 
+def correct_pad(x: jax.Array, kernel_size: int | Sequence[int]) -> Pad:
+    """Keras' ``imagenet_utils.correct_pad``: the ZeroPadding2D before a strided 'valid' conv in
+    MobileNet and EfficientNet (one less row/column at the top/left for even sizes).
+
+    Keras computes it from the *static* input size and, when the size is unknown (a model built
+    for ``(None, None, 3)``), pads as for an even size. The Flax twin always knows the size, so it
+    matches the Keras model built for that size; parity tests of these families must build Keras
+    with a concrete size at odd sizes.
+    """
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    height, width = x.shape[1:3]
+    return ((kh // 2 - (1 - height % 2), kh // 2), (kw // 2 - (1 - width % 2), kw // 2))
+
+
 def max_pool(x: jax.Array, window: int, strides: int, padding: str = "VALID") -> jax.Array:
     """Keras MaxPooling2D. 'SAME' pads with -inf as TF does; to reproduce a Keras model that pads
     with ZeroPadding2D first, call :func:`zero_pad` and pool 'VALID' (zeros, not -inf)."""
@@ -138,6 +152,25 @@ class SeparableConv2D(nn.Module):
             depth_multiplier=self.depth_multiplier, use_bias=False, **kw,
         )
         return conv(x, self.features, 1, name="pointwise", use_bias=self.use_bias, **kw)
+
+
+def squeeze_excite(
+    x: jax.Array,
+    reduced_filters: int,
+    *,
+    reduce_name: str,
+    expand_name: str,
+    activation_name: str = "relu",
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Squeeze-and-excitation as the Keras applications write it: GlobalAveragePooling2D, Reshape
+    to 1x1, Conv2D(reduced, 1, activation) -> Conv2D(channels, 1, sigmoid), multiply the input."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = activation(activation_name)(conv(s, reduced_filters, 1, name=reduce_name, **kw))
+    s = jax.nn.sigmoid(conv(s, x.shape[-1], 1, name=expand_name, **kw))
+    return x * s
 
 
 def batch_norm(

@@ -52,6 +52,9 @@ class ModelSpec:
         options: family options and their defaults (e.g. ``{"alpha": 1.0}``). Their types are the
             types of the defaults; a default of None accepts any value.
         weights: named weight sets besides ``None`` and file paths (``("imagenet",)``).
+        weights_options: Flax module options implied by a named weight set, for Keras
+            constructors that build a different graph for it (EfficientNet adds a Rescaling layer
+            only for ``weights="imagenet"``): ``{"imagenet": {"imagenet_rescaling": True}}``.
         plugin: the plugin that registered it; filled in by the registry.
     """
 
@@ -65,6 +68,7 @@ class ModelSpec:
     preprocessing: str = "none"
     options: Mapping[str, Any] = field(default_factory=dict)
     weights: tuple[str, ...] = ("imagenet",)
+    weights_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plugin: str = ""
 
     def load(self, ref: str) -> Any:
