@@ -7,31 +7,14 @@ import json
 import jax
 import numpy as np
 import pytest
-from keras.src.utils import file_utils
 
 import kjax_core
+from keras.src.utils import file_utils
 from kjax_core.io import sha256_file
 from kjax_core.parity import compare, reference_model, relative_error, sample_images
 from kjax_core.preprocessing import apply_mode
 
 from helpers import run_cli, save_legacy_h5
-
-
-@pytest.fixture
-def serve_weights(monkeypatch):
-    """serve(fname -> local path): Keras' get_file returns the local file; anything else fails
-    as it would offline."""
-    served, asked = {}, []
-
-    def get_file(fname=None, origin=None, **kwargs):
-        asked.append(fname)
-        if fname not in served:
-            raise Exception(f"URL fetch failure on {origin}: None -- offline")
-        return str(served[fname])
-
-    monkeypatch.setattr(file_utils, "get_file", get_file)
-    served["_asked"] = asked
-    return served
 
 
 @pytest.mark.parametrize(
