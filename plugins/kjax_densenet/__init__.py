@@ -1,8 +1,28 @@
-"""densenet family (work in progress: registers nothing yet)."""
+"""DenseNet family: densenet121, densenet169, densenet201, as ``keras.applications.densenet``.
 
-from kjax_core import hookimpl
+Registration only; the Flax module lives in ``kjax_densenet.model`` and is imported on use.
+"""
+
+from kjax_core import ModelSpec, hookimpl
+
+# (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
+VARIANTS = (
+    ("densenet121", "DenseNet121", 8_062_504),
+    ("densenet169", "DenseNet169", 14_307_880),
+    ("densenet201", "DenseNet201", 20_242_984),
+)
 
 
 @hookimpl
 def kjax_register_models(register):
-    pass
+    for name, keras_name, parameters in VARIANTS:
+        register(
+            ModelSpec(
+                name=name,
+                family="densenet",
+                keras_constructor=f"keras.applications.densenet:{keras_name}",
+                flax_module=f"kjax_densenet.model:{keras_name}",
+                parameters=parameters,
+                preprocessing="torch",  # densenet.preprocess_input: [0, 1], ImageNet mean/std
+            )
+        )
