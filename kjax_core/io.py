@@ -3,11 +3,14 @@
 An output directory holds:
     config.json       model name, options, input shape, preprocessing, weights source, versions;
     variables.msgpack the variable tree (flax.serialization), or variables.safetensors;
-    manifest.json     sha256 and size of each file, checked by :func:`load`.
+    manifest.json     sha256 and size of each file, the sha256 of the source weights file and
+                      the package versions; checked by :func:`verify` and :func:`load`.
 
 Writing is atomic: everything goes into a temporary directory beside the destination, which is
-moved into place only when complete; an existing output is replaced only with ``force`` and only
-once the new one is complete.
+moved into place only when complete; an existing output is replaced only with ``force``, by an
+atomic exchange of the two directories, so a run killed at any moment (SIGKILL included) leaves the
+old output or the new one, never a partial one. Staging directories of killed runs are removed by
+the next save into the same folder.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -147,7 +152,8 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
         out.parent.mkdir(parents=True, exist_ok=True)
         # Beside the destination (same file system, so the final move is atomic), with a short
         # name: the destination's own name may already be as long as names can be.
-        staging = Path(tempfile.mkdtemp(prefix=".kjax-partial-", dir=out.parent))
+        _remove_stale_staging(out.parent)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=out.parent))
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
         variables_file = _write_variables(staging, translation.variables, fmt)
         config["variables_file"] = variables_file
@@ -157,6 +163,7 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
                 name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
                 for name in (CONFIG, variables_file)
             },
+            "versions": config["versions"],
             "source_weights": (
                 {"path": weights_file, "sha256": sha256_file(weights_file)} if weights_file else None
             ),
@@ -176,12 +183,18 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the complete staging directory to ``out``; a previous output is set aside first and
-    deleted only once the new one is in place (put back if the move fails)."""
+    """Put the complete staging directory at ``out`` in one atomic step: a rename when ``out`` is
+    free, an atomic exchange of the two directories when it holds a previous output (the previous
+    output then sits in ``staging`` and is deleted by the caller). A process killed at any moment
+    leaves either the old output or the new one at ``out``, never a mix or nothing."""
     if not out.exists():
         os.replace(staging, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=".kjax-old-", dir=out.parent))
+    if _exchange(staging, out):
+        return
+    # No atomic exchange on this system (not Linux, or a file system without it): set the old
+    # output aside, move the new one in, put the old one back if that fails.
+    old = Path(tempfile.mkdtemp(prefix=_staging_prefix("old"), dir=out.parent))
     try:
         os.replace(out, old / "previous")
         try:
@@ -191,6 +204,52 @@ def _move_into_place(staging: Path, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# Staging names carry the writer's pid, so a later save can tell (and remove) what a killed run left.
+_STAGING = re.compile(r"^\.kjax-(partial|old)-(\d+)-")
+
+
+def _staging_prefix(kind: str = "partial") -> str:
+    return f".kjax-{kind}-{os.getpid()}-"
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Delete staging directories in ``parent`` left by kjax runs that were killed."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if not match or not entry.is_dir() or int(match.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:  # its writer is gone
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def verify(path: str | os.PathLike) -> dict[str, Any]:
@@ -213,7 +272,8 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     shape = config["input_shape"]
     if not (isinstance(config["model"], str) and isinstance(config["options"], dict)
             and isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)
-            and config["variables_file"] in VARIABLE_FILES.values()):
+            and config["variables_file"] in VARIABLE_FILES.values()
+            and (config.get("weights") is None or isinstance(config["weights"], str))):
         raise CorruptFileError(f"{path / CONFIG} is malformed; translate again")
     if CONFIG not in listed or config["variables_file"] not in listed:
         raise CorruptFileError(f"{path / MANIFEST} does not cover the output's files; translate again")
