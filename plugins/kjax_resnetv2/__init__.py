@@ -1,8 +1,28 @@
-"""resnetv2 family (work in progress: registers nothing yet)."""
+"""ResNetV2 family: resnet50v2, resnet101v2, resnet152v2, as ``keras.applications.resnet_v2``.
 
-from kjax_core import hookimpl
+Registration only; the Flax module lives in ``kjax_resnetv2.model`` and is imported on use.
+"""
+
+from kjax_core import ModelSpec, hookimpl
+
+# (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
+VARIANTS = (
+    ("resnet50v2", "ResNet50V2", 25_613_800),
+    ("resnet101v2", "ResNet101V2", 44_675_560),
+    ("resnet152v2", "ResNet152V2", 60_380_648),
+)
 
 
 @hookimpl
 def kjax_register_models(register):
-    pass
+    for name, keras_name, parameters in VARIANTS:
+        register(
+            ModelSpec(
+                name=name,
+                family="resnetv2",
+                keras_constructor=f"keras.applications.resnet_v2:{keras_name}",
+                flax_module=f"kjax_resnetv2.model:{keras_name}",
+                parameters=parameters,
+                preprocessing="tf",  # resnet_v2.preprocess_input: mode "tf", scale to [-1, 1]
+            )
+        )
