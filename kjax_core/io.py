@@ -256,7 +256,9 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     """Check an output directory against its manifest; return its config."""
     path = Path(path).expanduser()
     if not path.is_dir() or not (path / CONFIG).is_file():
-        raise CorruptFileError(f"{path} is not a kjax output directory (no {CONFIG})")
+        raise CorruptFileError(
+            f"{path} is not a kjax output directory (no {CONFIG}); pass a folder written by `kjax translate`"
+        )
     if not (path / MANIFEST).is_file():
         raise CorruptFileError(f"{path} has no {MANIFEST}; translate it again")
     try:

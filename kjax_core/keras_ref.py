@@ -70,7 +70,7 @@ def check_weights_file(path: str) -> Path:
     """A readable weights file in a format Keras loads without pickle, or a clear error."""
     file = Path(path).expanduser()
     if not file.exists():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {path}; check the path (or use --weights imagenet or none)")
     if not file.is_file():
         raise WeightsError(f"weights path is not a file: {path}")
     try:
@@ -80,7 +80,8 @@ def check_weights_file(path: str) -> Path:
         raise CorruptFileError(f"cannot read weights file {path}: {error.strerror}") from None
     if head != HDF5_SIGNATURE and not head.startswith(ZIP_SIGNATURE):
         raise CorruptFileError(
-            f"{path} is not a Keras weights file (expected HDF5 .h5/.weights.h5 or a .keras archive)"
+            f"{path} is not a Keras weights file (expected HDF5 .h5/.weights.h5 or a .keras archive); "
+            "pass the file Keras saved"
         )
     if file.suffix not in WEIGHT_SUFFIXES:
         raise WeightsError(
@@ -93,7 +94,7 @@ def check_weights_file(path: str) -> Path:
             with h5py.File(file, "r"):
                 pass
         except OSError:
-            raise CorruptFileError(f"{path} is a damaged or truncated HDF5 file") from None
+            raise CorruptFileError(f"{path} is a damaged or truncated HDF5 file; download or save it again") from None
     return file
 
 
@@ -180,11 +181,68 @@ def build_keras_model(
                     model.load_weights(weights_file)
             except Exception as error:
                 raise WeightsError(
-                    f"{weights_file} does not fit {spec.name} with these options: {_first_line(error)}"
+                    f"{weights_file} does not fit {spec.name} with these options: {_keras_reason(error)}; "
+                    "check the model name and options the file was saved with "
+                    "(--include-top, --classes, --set)"
                 ) from None
+            _check_every_array_used(weights_file, model, spec)
     if downloads:
         weights_file = downloads[-1]
     return KerasReference(model, weights, weights_file)
+
+
+def _file_arrays(path: str) -> dict[str, tuple[int, ...]]:
+    """Every weight array a Keras weights file holds: path -> shape (read with h5py, no pickle)."""
+    import zipfile
+
+    import h5py
+
+    def collect(handle: Any) -> dict[str, tuple[int, ...]]:
+        root = handle["model_weights"] if "model_weights" in handle else handle  # whole-model .h5
+        arrays = {}
+        root.visititems(lambda name, item: arrays.__setitem__(name, tuple(item.shape))
+                        if isinstance(item, h5py.Dataset) else None)
+        return arrays
+
+    if zipfile.is_zipfile(path):  # a .keras archive: the weights are its model.weights.h5
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as inner:
+            with h5py.File(io.BytesIO(inner.read()), "r") as handle:
+                return collect(handle)
+    with h5py.File(path, "r") as handle:
+        return collect(handle)
+
+
+def _check_every_array_used(path: str, model: Any, spec: ModelSpec) -> None:
+    """Keras' load_weights ignores arrays a .weights.h5 file holds beyond the model's (a with-top
+    file loads silently into a model without top); kjax refuses, naming what would be left."""
+    try:
+        arrays = _file_arrays(path)
+    except (OSError, KeyError, ValueError):
+        return  # a layout this check does not know; Keras' own checks have passed
+    unused = dict(arrays)
+    wanted = sorted(tuple(w.shape) for w in model.weights)
+    for shape in wanted:
+        match = next((name for name, held in unused.items() if held == shape), None)
+        if match is not None:
+            del unused[match]
+    if len(arrays) > len(wanted) and unused:
+        shown = ", ".join(f"{name} {list(shape)}" for name, shape in list(unused.items())[:3])
+        raise WeightsError(
+            f"{path} holds {len(arrays)} weight arrays but {spec.name} with these options uses "
+            f"{len(wanted)}; unused: {shown}; check the options the file was saved with "
+            "(--include-top, --classes, --set)"
+        )
+
+
+def _keras_reason(error: BaseException) -> str:
+    """The informative part of a Keras loading error, on one line: Keras 3 opens with a count
+    ("A total of 20 objects could not be loaded. Example ...:") and gives the reason after it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("A total of") and len(lines) > 1:
+        count = lines[0].split(".")[0]
+        reason = lines[1].split(" Target variable:")[0]
+        return f"{count} ({reason.rstrip('.')})"
+    return _first_line(error).rstrip(".")
 
 
 def _is_download_failure(error: BaseException) -> bool:

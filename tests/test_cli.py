@@ -23,7 +23,7 @@ def test_list(capsys):
     assert code == 0 and err == ""
     row = next(line for line in out.splitlines() if line.split()[:1] == ["resnet50"])
     assert row.split() == ["resnet50", "resnet", "25.6M", "224x224x3", "caffe", "resnet"]
-    code, out, _ = run_cli(["list", "resnet1*", "--json"], capsys)
+    code, out, _ = run_cli(["list", "resnet1??", "--json"], capsys)
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["resnet101", "resnet152"]
     assert rows[0]["parameters"] == 44_707_176 and rows[0]["plugin"] == "resnet"

@@ -147,6 +147,7 @@ def weight_files(tmp_path_factory):
     files = {}
     for key, name, options in [
         ("resnet101", "resnet101", {}),
+        ("withtop", "resnet50", {}),
         ("notop", "resnet50", {"include_top": False}),
         ("classes10", "resnet50", {"classes": 10}),
     ]:
@@ -162,6 +163,8 @@ def weight_files(tmp_path_factory):
     ("notop", [], "does not fit resnet50"),
     ("classes10", [], "does not fit resnet50"),
     ("classes10", ["--classes", "7"], "does not fit resnet50"),
+    # Keras itself loads a with-top .weights.h5 into a model without top, dropping the classifier.
+    ("withtop", ["--no-include-top"], "unused: layers/dense/vars/0 [2048, 1000]"),
 ])
 def test_weights_of_another_model_or_variant(weight_files, tmp_path, capsys, key, args, message):
     code, out, err = run_cli(
