@@ -1,0 +1,153 @@
+"""InceptionV3 parity against keras.applications.inception_v3 on randomised, calibrated weights.
+
+Its conv2d_bn layers are named automatically by Keras, so they are paired by creation order (the
+plugin's kjax_match_layers); the tests below also show that a pairing error between branches of the
+same shape could not pass.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+import kjax_core
+from kjax_core import get_spec
+from kjax_core.parity import assert_parity, compare, reference_model, sample_images
+from kjax_core.translator import flatten, iter_keras_layers
+
+from helpers import save_legacy_h5
+from kjax_inceptionv3 import creation_order
+
+# Odd, non-square. 139x107 ends at 3x2 after mixed8 (so the 1x3 / 3x1 convolutions of mixed9 and
+# mixed10 see neighbours); 75 is Keras' minimum and 75x91 ends at 1x1; 123x107 ends at 2x2.
+SMALL_SIZES = [(139, 107), (75, 91)]
+
+
+def _show(reports):
+    for report in reports:
+        print(report.summary())
+    return reports
+
+
+def test_logits_default_size():
+    (report,) = _show(assert_parity("inceptionv3", classifier_activation=None))
+    assert report.output_shape == (2, 1000)
+
+
+def test_feature_maps_small_sizes():
+    reports = _show(assert_parity("inceptionv3", include_top=False, sizes=SMALL_SIZES))
+    assert [r.output_shape for r in reports] == [(2, 3, 2, 2048), (2, 1, 1, 2048)]
+
+
+def test_logits_small_odd_size():
+    (report,) = _show(assert_parity("inceptionv3", input_shape=(107, 123, 3),
+                                    classifier_activation=None, classes=17))
+    assert report.output_shape == (2, 17)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_pooling(pooling):
+    (report,) = _show(assert_parity("inceptionv3", include_top=False, pooling=pooling,
+                                    sizes=[(123, 107)]))
+    assert report.output_shape == (2, 2048)
+
+
+def test_parameter_count_and_every_leaf():
+    translation, keras_model = reference_model("inceptionv3", input_shape=(75, 75, 3),
+                                               prepare=False)
+    assert keras_model.count_params() == get_spec("inceptionv3").parameters
+    flax_count = sum(np.size(v) for tree in translation.variables.values()
+                     for _, v in flatten(tree))
+    assert flax_count == keras_model.count_params()
+    # conv2d_bn: Conv2D without bias, BatchNormalization(scale=False): no gamma anywhere.
+    unit = translation.variables["params"]["mixed0"]["branch5x5_2"]
+    assert set(unit["conv"]) == {"kernel"} and set(unit["bn"]) == {"bias"}
+    assert unit["conv"]["kernel"].shape == (5, 5, 48, 64)
+
+
+def test_keras_lists_layers_by_depth_so_matching_uses_creation_order():
+    """Why the plugin matches layers itself: Keras lists the layers of a functional model by graph
+    depth (mixed0's deepest branch, branch3x3dbl, first), not in the order the source creates them,
+    which the Flax twin follows. The translation still pairs each Keras layer with its own unit."""
+    import keras
+
+    # Offset the per-process name counters, whatever ran before.
+    for _ in range(7):
+        keras.layers.Conv2D(1, 1)
+    translation, keras_model = reference_model("inceptionv3", include_top=False,
+                                               input_shape=(75, 75, 3), prepare=False)
+    convs = [layer for layer in iter_keras_layers(keras_model) if type(layer).__name__ == "Conv2D"]
+    suffixes = [creation_order(layer.name) for layer in convs]
+    assert suffixes != sorted(suffixes)
+    first = min(suffixes)
+    by_creation = {s - first: layer for s, layer in zip(suffixes, convs)}
+    params = translation.variables["params"]
+    # The 6th conv2d_bn created is mixed0's branch1x1; the 9th its branch3x3dbl_1, of equal shape.
+    np.testing.assert_array_equal(params["mixed0"]["branch1x1"]["conv"]["kernel"],
+                                  by_creation[5].kernel.numpy())
+    np.testing.assert_array_equal(params["mixed0"]["branch3x3dbl_1"]["conv"]["kernel"],
+                                  by_creation[8].kernel.numpy())
+    np.testing.assert_array_equal(params["mixed10"]["branch_pool"]["conv"]["kernel"],
+                                  by_creation[93].kernel.numpy())
+
+
+@pytest.fixture(scope="module")
+def reference_139x107():
+    translation, keras_model = reference_model(
+        "inceptionv3", include_top=False, input_shape=(None, None, 3), calibration_shape=(139, 107))
+    images = sample_images((2, 139, 107, 3), 7)
+    assert compare(translation, keras_model, images).ok
+    return translation, keras_model, images
+
+
+@pytest.mark.parametrize(
+    "block,a,b",
+    [
+        ("mixed0", "branch1x1", "branch3x3dbl_1"),  # both 1x1 192 -> 64
+        ("mixed4", "branch7x7_2", "branch7x7dbl_3"),  # both 1x7 128 -> 128
+        ("mixed9", "branch3x3_2a", "branch3x3dbl_3a"),  # both 1x3 384 -> 384
+    ],
+)
+def test_swapped_branches_of_equal_shape_fail(reference_139x107, block, a, b):
+    """Units of equal shape that a wrong order could swap silently: the comparison catches it."""
+    translation, keras_model, images = reference_139x107
+    swapped = copy.deepcopy(translation.variables)
+    for tree in swapped.values():
+        tree[block][a], tree[block][b] = tree[block][b], tree[block][a]
+    broken = copy.copy(translation)
+    broken.variables = swapped
+    report = compare(broken, keras_model, images)
+    print(f"{block} {a} <-> {b}: rel {report.relative_error:.2e}")
+    assert report.relative_error > 100 * report.tolerance
+
+
+@pytest.mark.parametrize(
+    "include_top,fname",
+    [
+        (True, "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"),
+        (False, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ],
+)
+def test_imagenet_offline(tmp_path, serve_weights, include_top, fname):
+    options = dict(include_top=include_top)
+    if include_top:
+        options["classifier_activation"] = None
+    source, keras_model = reference_model("inceptionv3", **options)
+    serve_weights[fname] = save_legacy_h5(keras_model, tmp_path / fname)
+
+    # Built again in this process: other layer names (conv2d_94 ...), loaded by layer order.
+    translation = kjax_core.translate("inceptionv3", "imagenet", **options)
+    assert serve_weights["_asked"] == [fname]
+    size = (299, 299) if include_top else (139, 107)
+    report = compare(translation, keras_model, sample_images((2, *size, 3), 11))
+    print(report.summary())
+    assert report.ok, report.problems
+
+
+def test_preprocess_input_is_keras_tf_mode():
+    import keras
+
+    images = sample_images((2, 9, 7, 3), 1)
+    expected = keras.applications.inception_v3.preprocess_input(images.copy())
+    np.testing.assert_allclose(kjax_core.preprocess_input("inceptionv3", images), expected,
+                               rtol=1e-6)
