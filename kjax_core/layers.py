@@ -6,13 +6,14 @@ subtree of the Flax twin named in its docstring. Aliases cover Keras 3 / tf_kera
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
-from einops import rearrange
+from typing import TYPE_CHECKING, Any
 
 from .spec import LayerRule
-from .translator import WeightBag
+
+if TYPE_CHECKING:  # the rules are registered by `kjax list` too, which must not import numpy
+    import numpy as np
+
+    from .translator import WeightBag
 
 
 def _with_bias(params: dict, weights: WeightBag) -> dict:
@@ -38,6 +39,8 @@ def depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 
     Output channel c*M + m of Keras is channel m of group c in Flax, so the flattening order is (c m).
     """
+    from einops import rearrange
+
     return rearrange(kernel, "h w c m -> h w 1 (c m)")
 
 
@@ -84,6 +87,8 @@ def normalization(layer: Any, weights: WeightBag) -> dict:
     ``batch_stats``, flattened to the channel axis. ``count`` (the number of samples ``adapt`` saw)
     does not enter the computation."""
     weights.discard("count")
+    import numpy as np
+
     mean = np.reshape(weights.take("mean"), (-1,))
     variance = np.reshape(weights.take("variance"), (-1,))
     return {"batch_stats": {"mean": mean, "var": variance}}

@@ -128,7 +128,8 @@ def test_environment_selects_plugins(monkeypatch):
         plugins.reset()
 
 
-HEAVY = ("tensorflow", "keras", "tf_keras", "jax", "flax")
+# Frameworks, and what would make start-up slow: numpy (~50 ms), pydantic (typer >= 0.29, ~70 ms).
+HEAVY = ("tensorflow", "keras", "tf_keras", "jax", "flax", "numpy", "pydantic")
 
 
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["--help"], ["plugins"]])
