@@ -37,7 +37,7 @@ def extra_entry_points(monkeypatch):
 def test_list_models_wildcards_and_natural_sort():
     assert list_models("resnet*")[:4] == ["resnet50", "resnet50v2", "resnet101", "resnet101v2"]
     assert list_models("resnet1??") == ["resnet101", "resnet152"]
-    assert list_models("RESNET50") == ["resnet50"]
+    assert list_models("RESNET50V2") == ["resnet50v2"]
     assert "resnet152" in list_models("152")
     assert list_models("nothing-like-this*") == []
 
