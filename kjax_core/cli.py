@@ -166,6 +166,43 @@ def list_command(
 
 
 @app.command()
+def info(
+    model: str = typer.Argument(..., help="Model name (see `kjax list`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show one model: its Keras reference, options and defaults, weight sets, preprocessing."""
+    from .plugins import get_spec
+
+    spec = get_spec(model)
+    facts = {
+        "name": spec.name, "family": spec.family, "plugin": spec.plugin,
+        "keras": spec.keras_constructor.replace(":", "."), "parameters": spec.parameters,
+        "input_size": list(spec.input_size), "min_input_size": spec.min_input_size,
+        "preprocessing": spec.preprocessing, "options": spec.default_options(),
+        "weights": [*spec.weights, "none", "PATH"],
+    }
+    if as_json:
+        out.print_json(json.dumps(facts))
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    shown = {
+        **facts,
+        "parameters": f"{spec.parameters:,}",
+        "input_size": "x".join(map(str, spec.input_size))
+        + f" (default; at least {spec.min_input_size}x{spec.min_input_size})",
+        "preprocessing": f"{spec.preprocessing} (kjax_core.preprocess_input('{spec.name}', images))",
+        "options": ", ".join(f"{k}={v!r}" for k, v in facts["options"].items()),
+        "weights": ", ".join(facts["weights"]),
+    }
+    del shown["min_input_size"]
+    for key, value in shown.items():
+        table.add_row(Text(key.replace("_", " ")), Text(str(value)))
+    out.print(table)
+
+
+@app.command()
 def translate(
     model: str = typer.Argument(..., help="Model name (see `kjax list`)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output directory."),

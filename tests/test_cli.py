@@ -269,3 +269,15 @@ def test_create_model_and_apply_match_load(written):
     fresh = kjax_core.create_model("resnet50", include_top=False, pooling="avg")
     x = sample_images((1, 40, 48, 3), 3)
     assert relative_error(fresh.apply(variables, x), module.apply(variables, x)) == 0.0
+
+
+def test_info(capsys):
+    code, out, err = run_cli(["info", "resnet50"], capsys)
+    assert code == 0 and err == ""
+    assert "keras.applications.resnet.ResNet50" in out and "25,636,712" in out and "caffe" in out
+    code, out, err = run_cli(["info", "resnet50", "--json"], capsys)
+    facts = json.loads(out)
+    assert facts["options"]["include_top"] is True and facts["weights"] == ["imagenet", "none", "PATH"]
+    code, out, err = run_cli(["info", "resnet5"], capsys)
+    one_line_error(code, err)
+    assert "Did you mean 'resnet50'" in err

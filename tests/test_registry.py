@@ -132,7 +132,7 @@ def test_environment_selects_plugins(monkeypatch):
 HEAVY = ("tensorflow", "keras", "tf_keras", "jax", "flax", "numpy", "pydantic")
 
 
-@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["--help"], ["plugins"]])
+@pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["--help"], ["plugins"], ["info", "resnet50"]])
 def test_light_commands_import_no_framework(args):
     code = (
         "import sys\n"
