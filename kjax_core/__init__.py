@@ -29,8 +29,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 __all__ = [
     "CorruptFileError", "KjaxError", "LayerRule", "ModelSpec", "OptionError", "OutputError",
-    "PluginError", "UnknownModelError", "WeightsError", "create_model", "get_spec", "hookimpl",
-    "list_models", "load", "preprocess_input", "save", "translate",
+    "PluginError", "UnknownModelError", "WeightsError", "create_model", "fold_batch_norm", "get_spec",
+    "hookimpl", "list_models", "load", "predictor", "preprocess_input", "save", "translate",
 ]
 
 
@@ -60,6 +60,22 @@ def load(path):
     from .io import load as _load
 
     return _load(path)
+
+
+def predictor(module, variables, **options: Any):
+    """``predict(images)``: the fast inference path, BatchNorm folded, optionally bfloat16 or over
+    all devices (see :func:`kjax_core.inference.predictor`)."""
+    from .inference import predictor as _predictor
+
+    return _predictor(module, variables, **options)
+
+
+def fold_batch_norm(module, variables, **options: Any):
+    """``(folded_module, folded_variables)`` with each BatchNorm that follows a convolution folded
+    into it, for inference (see :func:`kjax_core.fold.fold_batch_norm`)."""
+    from .fold import fold_batch_norm as _fold_batch_norm
+
+    return _fold_batch_norm(module, variables, **options)
 
 
 def preprocess_input(name: str, images):

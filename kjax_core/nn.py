@@ -116,20 +116,24 @@ def depthwise_conv(
     dtype: Dtype = None,
     param_dtype: Dtype = jnp.float32,
 ) -> jax.Array:
-    """Keras DepthwiseConv2D as a grouped convolution (one group per input channel)."""
-    channels = x.shape[-1]
-    return conv(
-        x,
-        channels * depth_multiplier,
-        kernel_size,
-        name=name,
-        strides=strides,
-        padding=padding,
+    """Keras DepthwiseConv2D. Its variables are those of a Flax grouped convolution (kernel
+    (kh, kw, 1, C * depth_multiplier), one group per input channel); it is computed as a sum of
+    shifted copies of the input (:class:`kjax_core.depthwise.DepthwiseConv`), which XLA:CPU runs
+    about 20 times faster than a grouped convolution, with the same result to float32 rounding."""
+    from .depthwise import DepthwiseConv
+
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    return DepthwiseConv(
+        tuple(kernel_size),
+        strides=(strides, strides),
+        padding=padding.upper() if isinstance(padding, str) else padding,
+        depth_multiplier=depth_multiplier,
         use_bias=use_bias,
-        groups=channels,
         dtype=dtype,
         param_dtype=param_dtype,
-    )
+        name=name,
+    )(x)
 
 
 class SeparableConv2D(nn.Module):

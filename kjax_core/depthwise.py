@@ -1,0 +1,102 @@
+"""Depthwise convolution as a sum of shifted, per-channel scaled copies of the input.
+
+XLA:CPU runs a depthwise convolution (a grouped convolution with one group per channel) through
+its general convolution kernels, which do almost no arithmetic per byte there: measured on a 2-core
+Xeon (jax 0.10.2), a 3x3 depthwise convolution of an 8x112x112x32 batch took 100 ms with YNNPACK
+and 250 ms with Eigen (TensorFlow's XLA: 240 ms). Written as ``sum_ij x[shifted by i, j] * k[i, j]``,
+XLA fuses the whole sum into one pass over the input: 5 ms. The result is the same to float32
+rounding (the nine products are summed in another order). The weights keep the layout of a Flax
+grouped ``nn.Conv``, kernel (kh, kw, 1, C * M), so translation and saved variables do not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+
+def _pads(size: int, kernel: int, stride: int, dilation: int, padding: Any) -> tuple[int, int]:
+    """(before, after) padding of one spatial axis; 'SAME' is TF's (the extra pad at the end)."""
+    effective = (kernel - 1) * dilation + 1
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            return 0, 0
+        out = -(-size // stride)
+        total = max((out - 1) * stride + effective - size, 0)
+        return total // 2, total - total // 2
+    before, after = padding
+    return int(before), int(after)
+
+
+def depthwise_shift_add(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int] = (1, 1),
+    padding: Any = "VALID",
+    dilation: Sequence[int] = (1, 1),
+) -> jax.Array:
+    """Depthwise convolution of NHWC ``x`` (C channels) with a kernel (kh, kw, 1, C * M) laid out
+    as Flax's grouped ``nn.Conv(feature_group_count=C)``: output channel ``c * M + m`` is input
+    channel ``c`` convolved with ``kernel[..., c * M + m]``.
+
+    :param padding: 'SAME', 'VALID' or ((top, bottom), (left, right)).
+    """
+    kh, kw, one, out_channels = kernel.shape
+    channels = x.shape[-1]
+    if one != 1 or out_channels % channels:
+        raise ValueError(f"kernel {kernel.shape} is not depthwise for {channels} channels")
+    multiplier = out_channels // channels
+    if multiplier > 1:
+        x = jnp.repeat(x, multiplier, axis=-1)
+    if isinstance(padding, str):
+        pads = [_pads(x.shape[1 + a], (kh, kw)[a], strides[a], dilation[a], padding) for a in (0, 1)]
+    else:
+        pads = [tuple(int(p) for p in pair) for pair in padding]
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    height = (x.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+    width = (x.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            top, left = i * dilation[0], j * dilation[1]
+            window = jax.lax.slice(
+                x,
+                (0, top, left, 0),
+                (x.shape[0], top + (height - 1) * strides[0] + 1,
+                 left + (width - 1) * strides[1] + 1, x.shape[3]),
+                (1, strides[0], strides[1], 1),
+            )
+            term = window * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+class DepthwiseConv(nn.Module):
+    """Keras DepthwiseConv2D with the variables of a Flax grouped ``nn.Conv``: ``kernel``
+    (kh, kw, 1, C * depth_multiplier) and, with ``use_bias``, ``bias`` (C * depth_multiplier,),
+    computed by :func:`depthwise_shift_add`. Padding as in :func:`kjax_core.nn.conv`."""
+
+    kernel_size: Sequence[int]
+    strides: Sequence[int] = (1, 1)
+    padding: Any = "VALID"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1] * self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = depthwise_shift_add(x, kernel, self.strides, self.padding)
+        return y + bias if bias is not None else y

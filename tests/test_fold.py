@@ -1,0 +1,176 @@
+"""BatchNorm folding (kjax_core.fold) and the fast inference path (kjax_core.predictor).
+
+Folding must be exact to float32 rounding: every family is checked against Keras on randomised,
+calibrated weights (kjax_core.parity), and a deliberately broken fold must fail the same check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import kjax_core
+from kjax_core.fold import FoldedModel, find_folds, fold_batch_norm
+from kjax_core.parity import DEFAULT_TOLERANCE, compare, reference_model, relative_error, sample_images
+from kjax_core.preprocessing import apply_mode
+
+# (model, input (H, W), number of BatchNorms that fold): the smallest variant of every family;
+# each plugin's own tests cover its variants and sizes.
+FAMILIES = [
+    ("resnet50", (67, 45), 53),  # all 53; conv with bias: the BatchNorm disappears
+    ("resnet50v2", (64, 64), 32),  # of 49: pre-activation BatchNorms follow an addition
+    ("densenet121", (64, 64), 59),  # of 121: BN-ReLU-conv, only the BN inside each block folds
+    ("mobilenetv2", (64, 64), 52),  # all 52; depthwise convolutions
+    # depthwise, squeeze-excite, in-graph Normalization; at 64x64 its 2x2 feature maps amplify
+    # float32 rounding beyond 1e-4 even unfolded (Keras itself is 4e-4 off a float64 evaluation)
+    ("efficientnetb0", (96, 96), 49),  # all 49
+    ("inceptionv3", (75, 75), 94),  # all 94; BatchNorm without gamma (scale=False)
+    ("resnetrs50", (64, 64), 56),  # the family's own BatchNorm module, checked numerically
+]
+
+_references: dict = {}
+
+
+def _reference(name: str, size: tuple[int, int]):
+    """(translation, keras_model) on randomised, calibrated weights, built once per session."""
+    if name not in _references:
+        if name not in kjax_core.list_models():
+            pytest.skip(f"{name} is not installed")
+        _references[name] = reference_model(name, input_shape=(*size, 3), include_top=False)
+    return _references[name]
+
+
+def _folded_report(translation, keras_model, size, folded, variables, seed=3):
+    folded_translation = dataclasses.replace(translation, module=folded, variables=variables)
+    images = sample_images((2, *size, 3), seed)
+    return compare(folded_translation, keras_model, images)
+
+
+@pytest.mark.parametrize("name,size,folds", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_folded_model_matches_keras(name, size, folds):
+    translation, keras_model = _reference(name, size)
+    folded, variables = fold_batch_norm(translation.module, translation.variables, input_shape=(*size, 3))
+    assert len(folded.folds) == folds
+    report = _folded_report(translation, keras_model, size, folded, variables)
+    assert report.ok, f"{report.summary()}: {'; '.join(report.problems)}"
+
+
+def test_folded_is_as_exact_as_unfolded():
+    """Against a float64 evaluation of the same weights, the folded float32 model is no farther
+    off than the unfolded one (folding in float64 adds no error of its own)."""
+    size = (67, 45)
+    translation, _ = _reference("resnet50", size)
+    folded, variables = fold_batch_norm(translation.module, translation.variables, input_shape=(*size, 3))
+    x = apply_mode("caffe", sample_images((2, *size, 3), 5))
+    plain = jax.jit(translation.module.apply)(translation.variables, x)
+    fast = jax.jit(folded.apply)(variables, x)
+    with jax.enable_x64(True):
+        module64 = translation.module.clone(dtype=jnp.float64, param_dtype=jnp.float64)
+        variables64 = jax.tree_util.tree_map(lambda v: np.asarray(v, np.float64), translation.variables)
+        exact = np.asarray(jax.jit(module64.apply)(variables64, np.asarray(x, np.float64)))
+    plain_error, fast_error = relative_error(plain, exact), relative_error(fast, exact)
+    assert fast_error < 1.5 * plain_error + 1e-6, (fast_error, plain_error)
+    assert relative_error(fast, plain) < DEFAULT_TOLERANCE
+    # every BatchNorm folded: no statistics left, and the computation has fewer inputs
+    assert "batch_stats" not in variables
+    assert len(jax.tree_util.tree_leaves(variables)) < len(jax.tree_util.tree_leaves(translation.variables))
+    # the input variables are untouched (the fold copies what it changes, shares the rest)
+    assert "batch_stats" in translation.variables
+
+
+def test_broken_fold_fails_the_parity_check():
+    """The check used above catches the fold bugs one would make: each broken copy must fail."""
+    size = (67, 45)
+    translation, keras_model = _reference("resnet50", size)
+    folded, variables = fold_batch_norm(translation.module, translation.variables, input_shape=(*size, 3))
+    first = folded.folds[0]
+
+    def node(tree, path):
+        for key in path:
+            tree = tree[key]
+        return tree
+
+    original = node(translation.variables["params"], first.conv)
+    broken_cases = {
+        "kernel not scaled": ("kernel", original["kernel"]),
+        "bias without the mean": ("bias", node(variables["params"], first.conv)["bias"]
+                                  + np.asarray(node(translation.variables["batch_stats"], first.bn)["mean"])),
+    }
+    for what, (leaf, value) in broken_cases.items():
+        broken = jax.tree_util.tree_map(lambda a: a, variables)
+        node(broken["params"], first.conv)[leaf] = jnp.asarray(value)
+        report = _folded_report(translation, keras_model, size, folded, broken)
+        assert report.relative_error > 10 * DEFAULT_TOLERANCE, f"{what} passes: {report.summary()}"
+
+
+def test_predictor_fast_path_and_bfloat16():
+    size = (67, 45)
+    translation, keras_model = _reference("resnet50", size)
+    x = apply_mode("caffe", sample_images((2, *size, 3), 11))
+    expected = np.asarray(keras_model(x, training=False))
+    predict = kjax_core.predictor(translation.module, translation.variables, input_shape=(*size, 3))
+    assert len(predict.folds) == 53
+    assert relative_error(predict(x), expected) < DEFAULT_TOLERANCE
+    bf16 = kjax_core.predictor(translation.module, translation.variables, dtype=jnp.bfloat16,
+                               input_shape=(*size, 3))
+    out = bf16(x)
+    assert out.dtype == jnp.bfloat16
+    error = relative_error(np.asarray(out, np.float32), expected)
+    # bfloat16 keeps 8 bits of mantissa. A randomised deep net amplifies rounding (float32: 1e-5
+    # here) far more than a trained one: ~0.1-0.2 on these feature maps (benchmarks/README.md).
+    assert 1e-3 < error < 0.5
+
+
+# --------------------------------------------------------------- what folds and what must not
+
+
+class _Net(nn.Module):
+    """conv -> BN (folds), conv -> relu -> BN (does not), a conv read twice, a shared conv, Dense -> BN."""
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        bn = lambda name, **kw: nn.BatchNorm(use_running_average=not train, name=name, **kw)  # noqa: E731
+        y = bn("bn_a")(nn.Conv(4, (3, 3), use_bias=False, name="conv_a")(x))
+        y = bn("bn_b")(nn.relu(nn.Conv(4, (1, 1), name="conv_b")(y)))
+        c = nn.Conv(4, (1, 1), name="conv_c")(y)
+        y = bn("bn_c")(c) + c  # the conv output is read twice: folding would change the second read
+        shared = nn.Conv(4, (1, 1), name="conv_s")
+        y = bn("bn_s")(shared(y)) + shared(y)
+        y = bn("bn_axis", axis=1)(nn.Conv(4, (1, 1), name="conv_axis")(y))  # not the channel axis
+        return bn("bn_d")(nn.Dense(3, name="dense")(jnp.mean(y, axis=(1, 2))))
+
+
+def _random_variables(module, shape):
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros(shape))
+    rng = np.random.default_rng(1)
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype), variables)
+
+
+def test_only_exact_pairs_fold():
+    module, shape = _Net(), (2, 9, 7, 3)
+    variables = _random_variables(module, shape)
+    folds = {(f.conv[-1], f.bn[-1]) for f in find_folds(module, variables, shape[1:])}
+    assert folds == {("conv_a", "bn_a"), ("dense", "bn_d")}
+    folded, folded_variables = fold_batch_norm(module, variables, input_shape=shape[1:])
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    assert relative_error(jax.jit(folded.apply)(folded_variables, x), jax.jit(module.apply)(variables, x)) < 1e-6
+    assert set(folded_variables["batch_stats"]) == {"bn_b", "bn_c", "bn_s", "bn_axis"}
+    assert set(folded_variables["params"]["bn_a"]) == {"bias"}  # the conv has no bias to carry it
+
+
+def test_folded_model_is_for_inference_only():
+    module, shape = _Net(), (1, 9, 7, 3)
+    variables = _random_variables(module, shape)
+    folded, folded_variables = fold_batch_norm(module, variables, input_shape=shape[1:])
+    x = jnp.ones(shape)
+    with pytest.raises(ValueError, match="inference only"):
+        folded.apply(folded_variables, x, train=True, mutable=["batch_stats"])
+    # the folded variables do not fit the unfolded module: a mix-up fails instead of computing
+    with pytest.raises(Exception):
+        module.apply(folded_variables, x)
+    assert isinstance(folded, FoldedModel) and folded.module is module
