@@ -55,6 +55,10 @@ class ModelSpec:
         weights_options: Flax module options implied by a named weight set, for Keras
             constructors that build a different graph for it (EfficientNet adds a Rescaling layer
             only for ``weights="imagenet"``): ``{"imagenet": {"imagenet_rescaling": True}}``.
+        parity: how the parity harness (``kjax verify``, tests) prepares this model's randomised
+            reference, for nets that the defaults leave chaotic (float32 rounding amplified past
+            the tolerance); keys of :data:`kjax_core.parity.PARITY_DEFAULTS`:
+            ``{"calibration": "in_order", "gate_scale": 0.1}`` for EfficientNet.
         plugin: the plugin that registered it; filled in by the registry.
     """
 
@@ -69,6 +73,7 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     weights: tuple[str, ...] = ("imagenet",)
     weights_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    parity: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""
 
     def load(self, ref: str) -> Any:
