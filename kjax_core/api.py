@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .keras_ref import KerasReference, build_keras_model
+from .keras_ref import KerasReference, build_keras_model, numpy_initializers, prepare_environment
+from .keras_ref import translation_backend
 from .options import check_input_shape, check_options
 from .plugins import get_spec
 from .spec import ModelSpec
@@ -74,6 +75,10 @@ def translate(
     :param input_shape: (H, W, C) for the Keras constructor; None takes Keras' default.
     :param keras_model: an already built Keras model of this spec and these options to translate
         instead of building one (the parity harness passes randomised models).
+
+    When Keras is not imported yet and KERAS_BACKEND is not set, Keras 3 models are built on the
+    JAX backend (:func:`kjax_core.keras_ref.translation_backend`): no TensorFlow import, less time
+    and memory, the same weights. Import Keras first (or set KERAS_BACKEND) to choose otherwise.
     """
     spec = get_spec(name)
     options = check_options(spec, options)
@@ -82,7 +87,9 @@ def translate(
     if keras_model is None:
         if progress:
             progress("build", 0, None)
-        reference = build_keras_model(spec, options, weights, input_shape)
+        prepare_environment(translation_backend(spec))
+        with numpy_initializers():  # Keras on JAX: initial weights without an XLA compile each
+            reference = build_keras_model(spec, options, weights, input_shape)
     else:
         reference = KerasReference(keras_model, weights, None)
     from .translator import iter_keras_layers, translate_keras_model

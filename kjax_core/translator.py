@@ -121,6 +121,27 @@ def short_name(weight: Any, layer_name: str) -> str:
     return "/".join(parts)
 
 
+def weight_array(weight: Any) -> np.ndarray:
+    """The value of one Keras weight as a numpy array, without a copy where the backend allows:
+    a view of the JAX array (Keras 3 on JAX) or of a tensor read from the TensorFlow variable
+    (Keras 3 on TensorFlow, tf_keras; the variable copies itself if it is written later, so the
+    view keeps the value it had). ``layer.get_weights()`` copies every weight."""
+    value = weight
+    if type(weight).__module__.startswith("keras."):  # Keras 3 Variable: its backend value
+        value = weight.value
+    if hasattr(value, "read_value") and hasattr(value, "handle"):  # tf.Variable
+        value = value.read_value()
+    array = np.asarray(value)
+    if array.shape != tuple(weight.shape):  # not what was expected: take Keras' own copy
+        array = np.asarray(weight.numpy())
+    return array
+
+
+def weight_arrays(layer: Any) -> list[np.ndarray]:
+    """:func:`weight_array` of each of ``layer.weights``, in order (as ``get_weights``)."""
+    return [weight_array(w) for w in layer.weights]
+
+
 def find_rule(layer: Any, rules: Mapping[str, Any]) -> Any | None:
     """The rule for the layer's own class. Never a base class's: tf_keras' Conv2DTranspose is a
     Conv2D whose kernel is laid out differently, and a silent fallback would mistranslate it."""
@@ -151,7 +172,7 @@ def convert_keras_layers(
         if len(set(names)) != len(names):
             problems.append(f"layer '{layer.name}' has repeated weight names {names}")
             continue
-        bag = WeightBag(layer.name, dict(zip(names, layer.get_weights())))
+        bag = WeightBag(layer.name, dict(zip(names, weight_arrays(layer))))
         try:
             variables = rule.convert(layer, bag)
         except WeightsError as error:
