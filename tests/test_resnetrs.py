@@ -5,8 +5,9 @@ calibrated then perturbed) the ResNet-RS trunk is chaotic from about 100 layers 
 35x33 tf_keras' own float32 output is 24% away from a float64 evaluation of the same weights (Flax
 float32: 28%; resnetrs101: 1.4e-3), so no float32 port could pass a 1e-4 test. ResNet-RS50 is fine
 (Keras and Flax both ~1e-5 from float64) and uses the shared harness unchanged. For the deeper
-variants :func:`damped_reference` halves gamma and beta of the last BatchNorm of every residual
-branch (``*_batch_norm_3``) after calibration, as zero-init-residual training would: then Keras and
+variants the spec's parity settings (``ModelSpec.parity``, used by the harness, ``kjax verify`` and
+these tests) halve gamma and beta of the last BatchNorm of every residual branch
+(``*_batch_norm_3``) after calibration, as zero-init-residual training would: then Keras and
 Flax are ~1e-6 from float64 and the harness' power checks still hold (measured on resnetrs420:
 images differ 8.7e-2, broken translation 1.1e-1, against a tolerance of 1e-4).
 """
@@ -22,7 +23,7 @@ from kjax_core import get_spec
 from kjax_core.keras_ref import build_keras_model
 from kjax_core.options import check_options
 from kjax_core.parity import (
-    assert_parity, compare, prepare_reference, reference_model, relative_error, sample_images,
+    assert_parity, compare, reference_model, relative_error, sample_images,
 )
 from kjax_core.translator import flatten
 
@@ -30,7 +31,6 @@ from helpers import run_cli
 
 DEPTHS = (50, 101, 152, 200, 270, 350, 420)
 SMALL_SIZES = [(33, 97), (67, 45)]  # odd, non-square; calibrated at the first
-DAMPING = 0.5
 
 
 def _show(reports):
@@ -46,20 +46,11 @@ def _check(reports):
     return reports
 
 
-def damped_reference(name, *, input_shape, calibration_shape=None, damping=DAMPING, **options):
-    """The harness' reference (randomised, calibrated, perturbed; see kjax_core.parity), with every
-    residual branch's last BatchNorm scaled by ``damping`` before translating (see the module doc).
-    Builds the tf_keras model once. Returns (translation, keras_model)."""
-    spec = get_spec(name)
-    keras_model = build_keras_model(spec, check_options(spec, options), None, input_shape).model
-    calib = calibration_shape or tuple(input_shape[:2])
-    prepare_reference(keras_model, sample_images((4, *calib, 3), 100))
-    for layer in keras_model.layers:
-        if layer.name.endswith("_batch_norm_3"):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([gamma * damping, beta * damping, mean, var])
-    translation = kjax_core.translate(name, None, keras_model=keras_model, **options)
-    return translation, keras_model
+def damped_reference(name, *, input_shape, calibration_shape=None, **options):
+    """The harness' reference for ``name``; for the deep variants the spec's parity settings halve
+    every residual branch's last BatchNorm (see the module doc). Returns (translation, keras_model)."""
+    return reference_model(name, input_shape=input_shape, calibration_shape=calibration_shape,
+                           **options)
 
 
 # ------------------------------------------------------------------------------- resnetrs50, in full
