@@ -295,9 +295,8 @@ def verify(
                                    **{f: getattr(report, f) for f in fields}}))
     else:
         table = Table(box=None, header_style="bold")
-        for column in ("model", "input", "weights", "rel. error", "max abs", "images differ",
-                       "broken", "matches"):
-            table.add_column(column)
+        for column in ("model", "input", "weights", "rel err", "max abs", "img diff", "broken", "ok"):
+            table.add_column(column, no_wrap=True)
         table.add_row(*map(Text, (
             spec.name, "x".join(map(str, report.input_shape)), weights,
             f"{report.relative_error:.2e}", f"{report.max_abs_error:.2e}",
