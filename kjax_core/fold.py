@@ -2,8 +2,8 @@
 
 In inference a BatchNorm is a per-channel affine map, ``y = (x - mean) * s + beta`` with
 ``s = gamma / sqrt(var + eps)``. When ``x`` is the output of a convolution (or Dense) with kernel
-``W`` and bias ``b`` (``nn.Conv``, ``nn.Dense`` or kjax's depthwise convolution) and nothing else
-reads ``x``, the pair equals one convolution with kernel
+``W`` and bias ``b`` (``nn.Conv``, ``nn.Dense``, or kjax's pointwise and depthwise convolutions)
+and nothing else reads ``x``, the pair equals one convolution with kernel
 ``W * s`` (scaled per output channel) and bias ``(b - mean) * s + beta``. The BatchNorm's
 elementwise work goes, its statistics are no longer inputs of the computation, and XLA can merge
 the remaining bias addition with what follows (ReLU, the residual addition).
@@ -157,8 +157,10 @@ def find_folds(
     from jax.extend.core import Literal
 
     from .depthwise import DepthwiseConv
+    from .nn import PointwiseConv
 
-    linear = (nn.Conv, nn.Dense, DepthwiseConv)  # kernels whose last axis is the output channel
+    # kernels whose last axis is the output channel
+    linear = (nn.Conv, nn.Dense, DepthwiseConv, PointwiseConv)
     marks: list[tuple[str, Path, Any, Any]] = []  # (kind, path, module, call) in call order
 
     def is_norm(module: Any) -> bool:
