@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -397,9 +398,17 @@ def _redeliver_interrupt(unraisable: Any, _default=sys.unraisablehook) -> None:
         _default(unraisable)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (Keras': "weights for input shape (224, 224) will be loaded as the default") reach
+    the user as one line, not as a source location and a code excerpt."""
+    text = " ".join(str(message).split())
+    err.print(f"kjax: warning: {text}", markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: runs the app, turning every failure into one line and an exit code."""
     sys.unraisablehook = _redeliver_interrupt
+    warnings.showwarning = _one_line_warning
     try:
         code = app(args=argv, prog_name="kjax", standalone_mode=False)
     except KjaxError as error:

@@ -281,3 +281,15 @@ def test_info(capsys):
     code, out, err = run_cli(["info", "resnet5"], capsys)
     one_line_error(code, err)
     assert "Did you mean 'resnet50'" in err
+
+
+def test_warnings_reach_the_user_as_one_line(capsys, monkeypatch):
+    """Keras warns (e.g. MobileNetV2 falling back to its 224 weights) through Python warnings; the
+    CLI shows each as one line."""
+    import warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    run_cli(["info", "resnet50"], capsys)  # installs the CLI's warning display
+    warnings.warn("Weights for input shape (224, 224)\n  will be loaded as the default.", UserWarning)
+    err = capsys.readouterr().err
+    assert err == "kjax: warning: Weights for input shape (224, 224) will be loaded as the default.\n"
