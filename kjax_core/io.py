@@ -242,7 +242,9 @@ def _remove_stale_staging(parent: Path) -> None:
         return
     for entry in entries:
         match = _STAGING.match(entry.name)
-        if not match or not entry.is_dir() or int(match.group(2)) == os.getpid():
+        # A ".kjax-old-*" folder may hold the only copy of a replaced output (a kill between the
+        # fallback's two renames); it is left for the user, never deleted.
+        if not match or match.group(1) != "partial" or not entry.is_dir() or int(match.group(2)) == os.getpid():
             continue
         try:
             os.kill(int(match.group(2)), 0)
