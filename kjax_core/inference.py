@@ -1,46 +1,24 @@
-"""The fast inference path: BatchNorm folded, XLA options chosen for the device, optional bfloat16
-compute and data parallelism, behind one callable (:func:`predictor`).
+"""The fast inference path behind one callable (:func:`predictor`): BatchNorm folded, optional
+bfloat16 compute, optional data parallelism over the local devices, and optional XLA compiler
+options for this model's compilation only.
 
-Measured on a 2-core Xeon (Sapphire Rapids), jax 0.10.2, float32 (see benchmarks/README.md): most of
-a step is convolution. JAX's XLA:CPU runs every convolution through YNNPACK by default; on this
-machine its Eigen convolutions (with 1x1 convolutions rewritten as matrix products, as TensorFlow's
-XLA does) are faster, and folding BatchNorm then lets XLA merge the remaining bias, residual addition
-and ReLU into one pass. Together they take ResNet50 from Keras-on-JAX speed to Keras-on-TensorFlow
-speed. Both are per-compilation choices, not process-wide flags: nothing else in the process changes.
+Where the time goes, measured on a 2-core Xeon (Sapphire Rapids), jax 0.10.2, float32
+(benchmarks/README.md): convolutions are almost all of a step. The two big costs kjax removed are
+in the model itself, so a plain ``jax.jit(module.apply)`` gets them too: depthwise convolutions as
+shifted sums (:mod:`kjax_core.depthwise`; XLA:CPU's grouped convolution did ~1 GFLOP/s) and 1x1
+convolutions as matrix products (:class:`kjax_core.nn.PointwiseConv`). Folding BatchNorm then
+removes the normalisation's elementwise work and statistics (a few percent on CPU).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
-# XLA:CPU: YNNPACK only for dot products, Eigen (with 1x1 convolutions as dots) for convolutions.
-CPU_XLA_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-
-
-@functools.lru_cache(maxsize=None)
-def _options_accepted(platform: str, items: tuple) -> bool:
-    """Does this jaxlib's compiler for ``platform`` know these options? (They are experimental.)"""
-    import jax
-    import jax.numpy as jnp
-
-    try:
-        jax.jit(lambda a: a + 1).lower(jnp.zeros(1)).compile(compiler_options=dict(items))
-        return True
-    except Exception:
-        return False
-
-
-def xla_options_for(platform: str, xla_options: Any = "auto") -> dict:
-    """The compiler options :func:`predictor` uses: ``"auto"`` is :data:`CPU_XLA_OPTIONS` on CPU
-    (when this jaxlib knows them) and none elsewhere; None is none; a dict is used as given."""
-    if xla_options is None:
-        return {}
-    if xla_options != "auto":
-        return dict(xla_options)
-    if platform == "cpu" and _options_accepted("cpu", tuple(sorted(CPU_XLA_OPTIONS.items()))):
-        return dict(CPU_XLA_OPTIONS)
-    return {}
+# XLA:CPU options to try with ``xla_options=``: YNNPACK only for matrix products, Eigen for
+# convolutions (as TensorFlow's XLA does). Before 1x1 convolutions became matrix products this
+# made ResNet50 ~10% faster here; now it gains nothing on ResNet50 and loses on DenseNet121 and
+# EfficientNetB0, so it is not the default.
+EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def cast_params(variables: dict, dtype: Any) -> dict:
@@ -72,7 +50,7 @@ class Predictor:
         fold_bn: bool = True,
         dtype: Any = None,
         devices: Any = None,
-        xla_options: Any = "auto",
+        xla_options: dict | None = None,
         input_shape: Sequence[int] | None = None,
     ) -> None:
         import jax
@@ -95,7 +73,7 @@ class Predictor:
             variables = cast_params(variables, dtype)
         self.module = module
         self.devices = local_devices(devices) if devices is not None else [jax.devices()[0]]
-        self.xla_options = xla_options_for(self.devices[0].platform, xla_options)
+        self.xla_options = dict(xla_options or {})
         if len(self.devices) > 1:
             self._run = data_parallel(module.apply, variables, self.devices, self.xla_options or None)
             self.variables = self._run.variables
@@ -118,10 +96,10 @@ def predictor(
     fold_bn: bool = True,
     dtype: Any = None,
     devices: Any = None,
-    xla_options: Any = "auto",
+    xla_options: dict | None = None,
     input_shape: Sequence[int] | None = None,
 ) -> Predictor:
-    """The fastest way kjax knows to run ``module`` for inference: ``predict(images)``.
+    """``predict(images)``: ``module`` prepared for inference and compiled once per input shape.
 
     ``predict(images)`` returns what ``module.apply(variables, images)`` returns, to float32
     rounding (with the default float32 compute), compiling once per input shape.
@@ -133,8 +111,8 @@ def predictor(
         cost; on CPUs without fast bfloat16 convolutions it is slower than float32.
     :param devices: None for the default device; ``"all"`` or a list of devices to split each
         batch across them, variables replicated (:mod:`kjax_core.sharding`); any batch size.
-    :param xla_options: XLA compiler options for this model's compilation only: ``"auto"`` (on
-        CPU, Eigen convolutions instead of YNNPACK's: :data:`CPU_XLA_OPTIONS`), None, or a dict.
+    :param xla_options: XLA compiler options for this model's compilation only (nothing else in
+        the process changes), e.g. :data:`EIGEN_CONVOLUTIONS`; None for XLA's defaults.
     :param input_shape: (H, W, C) used to trace the model for folding; default 224x224x3.
     """
     return Predictor(
