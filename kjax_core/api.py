@@ -88,7 +88,7 @@ def translate(
         if progress:
             progress("build", 0, None)
         prepare_environment(translation_backend(spec))
-        with numpy_initializers():  # Keras on JAX: initial weights without an XLA compile each
+        with numpy_initializers():  # Keras on JAX: initial weights without one XLA compile each
             reference = build_keras_model(spec, options, weights, input_shape)
     else:
         reference = KerasReference(keras_model, weights, None)

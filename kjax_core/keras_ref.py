@@ -81,13 +81,15 @@ def import_keras_quietly(backend: str | None = None) -> None:
 
 @contextlib.contextmanager
 def numpy_initializers() -> Iterator[None]:
-    """While building a Keras model on the JAX backend whose weights are loaded next, draw its
-    initial weights with numpy instead of ``jax.random``.
+    """While building a Keras model on the JAX backend, draw its initial weights with numpy instead
+    of ``jax.random``: from the same initializers and distributions, seeded from Keras' seed state
+    (so ``keras.utils.set_random_seed`` still makes them reproducible), but other random numbers.
 
     Keras on JAX compiles the random initializer once per weight shape, about 0.3 s each: 11 of the
-    12 s ResNet50 takes to build on 2 cores. Drawn with numpy (from the same distributions, seeded
-    from Keras' seed state), the build takes about a second. Does nothing on other backends or
-    Keras versions without these functions.
+    12 s ResNet50 takes to build on 2 cores; with numpy the build takes about a second. With
+    imagenet or file weights the initial values are overwritten anyway; with ``weights=None`` they
+    are the random weights translated. Does nothing on other backends or Keras versions without
+    these functions.
     """
     try:
         import keras
