@@ -229,9 +229,11 @@ def translate(
 
     from .api import translate as run_translation
     from .io import save
-    from .keras_ref import import_keras_quietly
+    from .keras_ref import import_keras_quietly, translation_backend
 
-    import_keras_quietly()
+    # Keras 3 models are built on Keras' JAX backend unless KERAS_BACKEND says otherwise: no
+    # TensorFlow import, less time and memory, the same weights (kjax verify stays on TensorFlow).
+    import_keras_quietly(translation_backend(spec))
 
     with _progress() as progress:
         translation = run_translation(

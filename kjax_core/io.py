@@ -100,9 +100,12 @@ def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
 def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> str:
     filename = VARIABLE_FILES[fmt]
     if fmt == "msgpack":
-        from flax import serialization
+        from .streaming import write_msgpack
 
-        (directory / filename).write_bytes(serialization.msgpack_serialize(variables))
+        # Flax's msgpack bytes, written one array at a time (msgpack_serialize holds the whole
+        # file plus copies: +540 MB for EfficientNetB7).
+        with open(directory / filename, "wb") as handle:
+            write_msgpack(variables, handle)
     else:
         import numpy as np
         from safetensors.numpy import save_file

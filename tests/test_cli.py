@@ -293,3 +293,43 @@ def test_warnings_reach_the_user_as_one_line(capsys, monkeypatch):
     warnings.warn("Weights for input shape (224, 224)\n  will be loaded as the default.", UserWarning)
     err = capsys.readouterr().err
     assert err == "kjax: warning: Weights for input shape (224, 224) will be loaded as the default.\n"
+
+
+def test_msgpack_output_is_flax_bytes(written):
+    """The streamed msgpack file is byte for byte what flax.serialization writes."""
+    from flax import serialization
+
+    stored = (written[0] / "variables.msgpack").read_bytes()
+    assert serialization.msgpack_serialize(serialization.msgpack_restore(stored)) == stored
+
+
+def test_translate_on_the_jax_backend_gives_the_same_variables(tmp_path):
+    """Without KERAS_BACKEND, `kjax translate` builds Keras 3 models on the JAX backend (no
+    TensorFlow); the variables must be exactly those translated on TensorFlow from the same file."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import kjax_core
+    from kjax_core.translator import flatten
+
+    translation = kjax_core.translate("resnet50", None, include_top=False, input_shape=(64, 64, 3))
+    weights = tmp_path / "r50.weights.h5"
+    translation.reference.model.save_weights(weights)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    code = ("import sys, keras; from kjax_core.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "import keras; print(keras.backend.backend(), 'tensorflow' in sys.modules)")
+    result = subprocess.run(
+        [sys.executable, "-c", code.replace("import sys, keras; ", "import sys; "), "translate", "resnet50",
+         "-w", str(weights), "--no-include-top", "--input-shape", "64,64,3", "-o", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["jax", "False"]
+    _, variables = kjax_core.load(tmp_path / "out")
+    ours = dict(flatten(variables))
+    for path, value in flatten(translation.variables):
+        np.testing.assert_array_equal(np.asarray(ours[path]), np.asarray(value))
