@@ -269,11 +269,16 @@ def classifier_head(
     dtype: Dtype = None,
     param_dtype: Dtype = jnp.float32,
     name: str = "predictions",
+    dropout_rate: float = 0.0,
+    train: bool = False,
 ) -> jax.Array:
-    """The top shared by the Keras applications: with ``include_top``, global average pooling and a
-    Dense named ``predictions``; without, optional global 'avg' or 'max' pooling."""
+    """The top shared by the Keras applications: with ``include_top``, global average pooling,
+    dropout ``top_dropout`` where the family has one (``dropout_rate`` > 0; active with ``train``)
+    and a Dense named ``predictions``; without, optional global 'avg' or 'max' pooling."""
     if include_top:
         x = jnp.mean(x, axis=(1, 2))
+        if dropout_rate > 0:
+            x = nn.Dropout(dropout_rate, deterministic=not train, name="top_dropout")(x)
         x = nn.Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
         return activation(classifier_activation)(x)
     if pooling == "avg":
@@ -281,3 +286,31 @@ def classifier_head(
     if pooling == "max":
         return jnp.max(x, axis=(1, 2))
     return x
+
+
+class Application(nn.Module, kw_only=True):
+    """Base of a family's model: the options every Keras application has, with Keras' names and
+    defaults, and the compute / parameter dtypes. A family subclasses it, adds its own fields
+    (keyword-only here, so they may come without defaults), starts ``__call__`` with
+    ``self.inputs(x)`` and ends it with ``self.top(x)``; submodules get ``**self.dtypes``."""
+
+    include_top: bool = True
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | None = "softmax"
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def dtypes(self) -> dict[str, Dtype]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+    def inputs(self, x: jax.Array) -> jax.Array:
+        """The images in the compute dtype (float32 unless ``dtype`` says otherwise)."""
+        return jnp.asarray(x, self.dtype or jnp.float32)
+
+    def top(self, x: jax.Array, *, dropout_rate: float = 0.0, train: bool = False) -> jax.Array:
+        """Keras' head on the last feature map (see :func:`classifier_head`)."""
+        return classifier_head(x, include_top=self.include_top, pooling=self.pooling,
+                               classes=self.classes, classifier_activation=self.classifier_activation,
+                               dropout_rate=dropout_rate, train=train, **self.dtypes)

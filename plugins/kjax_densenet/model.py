@@ -52,21 +52,15 @@ class TransitionBlock(nn.Module):
         return knn.avg_pool(x, 2, 2)  # 'valid': an odd size drops its last row/column
 
 
-class DenseNet(nn.Module):
+class DenseNet(knn.Application):
     """DenseNet with Keras' option names; ``blocks`` picks the depth."""
 
     blocks: Sequence[int]
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        kw = self.dtypes
+        x = self.inputs(x)
         x = knn.zero_pad(x, ((3, 3), (3, 3)))
         x = knn.conv(x, 64, 7, strides=2, use_bias=False, name="conv1_conv", **kw)
         x = knn.batch_norm(x, name="conv1_bn", train=train, epsilon=EPSILON, **kw)
@@ -79,14 +73,7 @@ class DenseNet(nn.Module):
             if stage < len(self.blocks) - 1:
                 x = TransitionBlock(0.5, name=f"pool{stage + 2}", **kw)(x, train)
         x = nn.relu(knn.batch_norm(x, name="bn", train=train, epsilon=EPSILON, **kw))
-        return knn.classifier_head(
-            x,
-            include_top=self.include_top,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x)
 
 
 DenseNet121 = partial(DenseNet, blocks=(6, 12, 24, 16))

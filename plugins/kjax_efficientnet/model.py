@@ -89,7 +89,7 @@ class Block(nn.Module):
         return x
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(knn.Application):
     """EfficientNet with Keras' option names; the variants fix the scaling coefficients."""
 
     width_coefficient: float
@@ -99,13 +99,7 @@ class EfficientNet(nn.Module):
     depth_divisor: int = 8
     activation: str = "swish"
     blocks_args: Sequence[tuple[int, ...]] = DEFAULT_BLOCKS_ARGS
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
     imagenet_rescaling: bool = False  # Keras' extra Rescaling, built only for weights="imagenet"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     def round_filters(self, filters: float) -> int:
         """Round number of filters based on width multiplier."""
@@ -122,10 +116,10 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
         act = knn.activation(self.activation)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        x = self.inputs(x)
         # Stem: the preprocessing Keras builds into the graph.
         x = x * jnp.asarray(1.0 / 255.0, x.dtype)
         x = knn.Normalization(name="normalization")(x)
@@ -165,20 +159,7 @@ class EfficientNet(nn.Module):
         x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,
                      name="top_conv", **kw)
         x = act(bn(x, name="top_bn"))
-        if self.include_top:
-            x = jnp.mean(x, axis=(1, 2))
-            if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, name="top_dropout")(x, deterministic=not train)
-            x = nn.Dense(self.classes, name="predictions", **kw)(x)
-            return knn.activation(self.classifier_activation)(x)
-        return knn.classifier_head(
-            x,
-            include_top=False,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x, dropout_rate=self.dropout_rate, train=train)
 
 
 # (width_coefficient, depth_coefficient, dropout_rate) as Keras' EfficientNetB0 .. B7 pass them.

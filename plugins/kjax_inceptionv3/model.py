@@ -152,20 +152,14 @@ class InceptionE(Block):
         return jnp.concatenate([branch1x1, branch3x3, branch3x3dbl, branch_pool], axis=-1)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(knn.Application):
     """InceptionV3 with Keras' option names."""
 
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        kw = self.dtypes
+        x = self.inputs(x)
         x = ConvBN(32, (3, 3), 2, "valid", name="conv1", **kw)(x, train)
         x = ConvBN(32, (3, 3), 1, "valid", name="conv2", **kw)(x, train)
         x = ConvBN(64, (3, 3), name="conv3", **kw)(x, train)
@@ -185,11 +179,4 @@ class InceptionV3(nn.Module):
         x = InceptionD(name="mixed8", **kw)(x, train)
         x = InceptionE(name="mixed9", **kw)(x, train)
         x = InceptionE(name="mixed10", **kw)(x, train)
-        return knn.classifier_head(
-            x,
-            include_top=self.include_top,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x)

@@ -77,16 +77,10 @@ class InvertedResBlock(nn.Module):
         return x
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(knn.Application):
     """MobileNetV2 with Keras' option names; ``alpha`` is the width multiplier."""
 
     alpha: float = 1.0
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -110,11 +104,4 @@ class MobileNetV2(nn.Module):
         last_block_filters = _make_divisible(1280 * self.alpha, 8) if self.alpha > 1.0 else 1280
         x = knn.conv(x, last_block_filters, 1, use_bias=False, name="Conv_1", **kw)
         x = jax.nn.relu6(bn(x, name="Conv_1_bn"))
-        return knn.classifier_head(
-            x,
-            include_top=self.include_top,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x)

@@ -45,22 +45,15 @@ class Bottleneck(nn.Module):
         return nn.relu(shortcut + x)
 
 
-class ResNet(nn.Module):
+class ResNet(knn.Application):
     """ResNet v1 with Keras' option names; ``stack_sizes`` picks the depth."""
 
     stack_sizes: Sequence[int]
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
-        x = knn.zero_pad(x, ((3, 3), (3, 3)))
+        kw = self.dtypes
+        x = knn.zero_pad(self.inputs(x), ((3, 3), (3, 3)))
         x = knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw)
         x = knn.batch_norm(x, name="conv1_bn", train=train, epsilon=EPSILON, **kw)
         x = nn.relu(x)
@@ -75,14 +68,7 @@ class ResNet(nn.Module):
                     name=f"conv{stack + 2}_block{block + 1}",
                     **kw,
                 )(x, train)
-        return knn.classifier_head(
-            x,
-            include_top=self.include_top,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x)
 
 
 ResNet50 = partial(ResNet, stack_sizes=(3, 4, 6, 3))

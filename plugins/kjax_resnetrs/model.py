@@ -197,25 +197,19 @@ class BlockGroup(nn.Module):
         return x
 
 
-class ResNetRS(nn.Module):
+class ResNetRS(knn.Application):
     """ResNet-RS with tf_keras' option names; ``depth`` picks the variant, ``dropout_rate`` and
     ``drop_connect_rate`` are the values each tf_keras constructor fixes."""
 
     depth: int
     dropout_rate: float = 0.25
     drop_connect_rate: float = 0.0
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
     include_preprocessing: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        kw = self.dtypes
+        x = self.inputs(x)
         if self.include_preprocessing:
             x = x * jnp.asarray(1.0 / 255, x.dtype)  # Rescaling
             if x.shape[-1] == 3:  # Normalization with constant mean and variance
@@ -233,14 +227,7 @@ class ResNetRS(nn.Module):
                 name=f"BlockGroup{i + 2}_",
                 **kw,
             )(x, train)
-        if not self.include_top:
-            return knn.classifier_head(x, include_top=False, pooling=self.pooling,
-                                       classes=self.classes, classifier_activation=None, **kw)
-        x = jnp.mean(x, axis=(1, 2))  # avg_pool
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = nn.Dense(self.classes, name="predictions", **kw)(x)
-        return knn.activation(self.classifier_activation)(x)
+        return self.top(x, dropout_rate=self.dropout_rate, train=train)
 
 
 ResNetRS50 = partial(ResNetRS, depth=50, dropout_rate=0.25, drop_connect_rate=0.0)

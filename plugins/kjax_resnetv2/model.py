@@ -51,21 +51,15 @@ class PreactBottleneck(nn.Module):
         return shortcut + y
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(knn.Application):
     """ResNetV2 with Keras' option names; ``stack_sizes`` picks the depth."""
 
     stack_sizes: Sequence[int]
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        kw = self.dtypes
+        x = self.inputs(x)
         x = knn.zero_pad(x, ((3, 3), (3, 3)))
         x = knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw)
         x = knn.zero_pad(x, ((1, 1), (1, 1)))  # zeros, not -inf: x is not yet through a relu
@@ -82,14 +76,7 @@ class ResNetV2(nn.Module):
                 )(x, train)
         x = knn.batch_norm(x, name="post_bn", train=train, epsilon=EPSILON, **kw)
         x = nn.relu(x)
-        return knn.classifier_head(
-            x,
-            include_top=self.include_top,
-            pooling=self.pooling,
-            classes=self.classes,
-            classifier_activation=self.classifier_activation,
-            **kw,
-        )
+        return self.top(x)
 
 
 ResNet50V2 = partial(ResNetV2, stack_sizes=(3, 4, 6, 3))
