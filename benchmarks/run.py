@@ -34,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ("resnet50", "efficientnetb0", "mobilenetv2", "densenet121")
-KJAX_VARIANTS = ("kjax", "kjax-fast", "kjax-bf16")
+KJAX_VARIANTS = ("kjax", "kjax-fast", "kjax-ynn", "kjax-bf16")
 PEERS = ("keras-jax", "keras-tf")
 
 
@@ -257,7 +257,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per engine")
     parser.add_argument("--engines", default=",".join(KJAX_VARIANTS + PEERS),
-                        help="kjax, kjax-fast, kjax-bf16, kjax-fold, kjax-eigen, keras-jax, keras-tf")
+                        help="kjax, kjax-fast, kjax-bf16, kjax-ynn, kjax-fold, keras-jax, keras-tf")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--tag", default="latest")
     args = parser.parse_args(argv)

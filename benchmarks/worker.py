@@ -6,10 +6,10 @@ Engines (KERAS_BACKEND is fixed per process, so each needs its own):
 
     kjax       the Flax model of kjax, translated from a Keras model with random weights, saved and
                loaded again (kjax_core.load); variants: ``kjax`` (``jax.jit(module.apply)``),
-               ``kjax-fast`` (kjax_core.predictor: BatchNorm folded), ``kjax-bf16`` (the same
-               with bfloat16 compute), ``kjax-fold`` (kjax_core.fold_batch_norm, then
-               jax.jit: the same as kjax-fast) and ``kjax-eigen`` (predictor with
-               xla_options=kjax_core.inference.EIGEN_CONVOLUTIONS);
+               ``kjax-fast`` (kjax_core.predictor as it comes: BatchNorm folded, on CPU Eigen
+               convolutions), ``kjax-bf16`` (the same with bfloat16 compute), ``kjax-ynn`` (the
+               predictor with XLA's default options, ``xla_options={}``: YNNPACK convolutions)
+               and ``kjax-fold`` (kjax_core.fold_batch_norm, then a plain jax.jit);
     keras-jax  Keras 3 on the JAX backend: ``model.stateless_call`` under jax.jit;
     keras-tf   Keras 3 on TensorFlow: ``tf.function(model, jit_compile=True)``.
 
@@ -120,11 +120,9 @@ class Kjax(JaxMixin, Engine):
             elif variant == "kjax-fold":  # folding alone, default XLA options
                 m, v = kjax_core.fold_batch_norm(module, variables, input_shape=size)
                 run = functools.partial(jax.jit(m.apply), v)
-            elif variant in ("kjax-fast", "kjax-bf16", "kjax-eigen"):  # kjax_core.predictor
-                from kjax_core.inference import EIGEN_CONVOLUTIONS
-
+            elif variant in ("kjax-fast", "kjax-bf16", "kjax-ynn"):  # kjax_core.predictor
                 dtype = jnp.bfloat16 if variant == "kjax-bf16" else None
-                options = EIGEN_CONVOLUTIONS if variant == "kjax-eigen" else None
+                options = {} if variant == "kjax-ynn" else None
                 run = kjax_core.predictor(module, variables, dtype=dtype, input_shape=size,
                                           xla_options=options)
             else:

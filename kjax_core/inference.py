@@ -14,11 +14,18 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-# XLA:CPU options to try with ``xla_options=``: YNNPACK only for matrix products, Eigen for
-# convolutions (as TensorFlow's XLA does). Before 1x1 convolutions became matrix products this
-# made ResNet50 ~10% faster here; now it gains nothing on ResNet50 and loses on DenseNet121 and
-# EfficientNetB0, so it is not the default.
+# XLA:CPU options: YNNPACK only for matrix products, Eigen for the convolutions (as TensorFlow's
+# XLA does). The predictor's default on CPU: on a quiet 2-core Xeon it made every benchmarked model
+# faster at batch 8 (ResNet50 13%, DenseNet121 22%, MobileNetV2 14%, EfficientNetB0 6%) and none
+# slower at batch 1, because Eigen keeps both cores busy where YNNPACK leaves one partly idle. On a
+# machine whose cores are taken by other jobs it lost up to 10% (benchmarks/README.md).
 EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def default_xla_options(platform: str) -> dict:
+    """The compiler options :func:`predictor` uses when not given any: :data:`EIGEN_CONVOLUTIONS`
+    on CPU, XLA's own defaults on other platforms."""
+    return dict(EIGEN_CONVOLUTIONS) if platform == "cpu" else {}
 
 
 def cast_params(variables: dict, dtype: Any) -> dict:
@@ -73,7 +80,9 @@ class Predictor:
             variables = cast_params(variables, dtype)
         self.module = module
         self.devices = local_devices(devices) if devices is not None else [jax.devices()[0]]
-        self.xla_options = dict(xla_options or {})
+        if xla_options is None:
+            xla_options = default_xla_options(self.devices[0].platform)
+        self.xla_options = dict(xla_options)
         if len(self.devices) > 1:
             self._run = data_parallel(module.apply, variables, self.devices, self.xla_options or None)
             self.variables = self._run.variables
@@ -112,7 +121,8 @@ def predictor(
     :param devices: None for the default device; ``"all"`` or a list of devices to split each
         batch across them, variables replicated (:mod:`kjax_core.sharding`); any batch size.
     :param xla_options: XLA compiler options for this model's compilation only (nothing else in
-        the process changes), e.g. :data:`EIGEN_CONVOLUTIONS`; None for XLA's defaults.
+        the process changes); None for :func:`default_xla_options` (Eigen convolutions on CPU),
+        ``{}`` for XLA's own defaults.
     :param input_shape: (H, W, C) used to trace the model for folding; default 224x224x3.
     """
     return Predictor(

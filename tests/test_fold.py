@@ -112,6 +112,26 @@ def test_broken_fold_fails_the_parity_check():
         assert error > 10 * DEFAULT_TOLERANCE, f"{what} passes: error {error:.2e}"
 
 
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
+def test_predictor_float32_options(name):
+    """kjax_core.predictor in float32 matches Keras with its default compiler options (on CPU:
+    Eigen convolutions, YNNPACK matrix products) and with XLA's own defaults (``{}``)."""
+    from kjax_core.inference import EIGEN_CONVOLUTIONS
+
+    size = {family[0]: family[1] for family in FAMILIES}[name]
+    translation, keras_model = _reference(name, size)
+    mode = kjax_core.get_spec(name).preprocessing
+    x = apply_mode(mode, sample_images((2, *size, 3), 5))
+    expected = np.asarray(keras_model(x, training=False))
+    default = kjax_core.predictor(translation.module, translation.variables, input_shape=(*size, 3))
+    assert default.xla_options == (EIGEN_CONVOLUTIONS if jax.default_backend() == "cpu" else {})
+    plain_xla = kjax_core.predictor(translation.module, translation.variables, xla_options={},
+                                    input_shape=(*size, 3))
+    assert plain_xla.xla_options == {}
+    for predict in (default, plain_xla):
+        assert relative_error(np.asarray(predict(x)), expected) < DEFAULT_TOLERANCE
+
+
 def test_predictor_bfloat16():
     """kjax_core.predictor with dtype=bfloat16: BatchNorm folded, computed in bfloat16.
     (The float32 predictor is checked against one device in tests/test_sharding.py.)"""
