@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 # XLA:CPU options: YNNPACK only for matrix products, Eigen for the convolutions (as TensorFlow's
-# XLA does). The predictor's default on CPU: on a quiet 2-core Xeon it made every benchmarked model
-# faster at batch 8 (ResNet50 13%, DenseNet121 22%, MobileNetV2 14%, EfficientNetB0 6%) and none
-# slower at batch 1, because Eigen keeps both cores busy where YNNPACK leaves one partly idle. On a
-# machine whose cores are taken by other jobs it lost up to 10% (benchmarks/README.md).
+# XLA does). The predictor's default on CPU: on a quiet 2-core Xeon it made ResNet50 (15%),
+# DenseNet121 (21%) and MobileNetV2 (8%) faster at batch 8 and EfficientNetB0 no slower, because
+# Eigen keeps both cores busy where YNNPACK leaves one partly idle; at batch 1 it is within about
+# 10% either way from run to run. On a machine whose cores other jobs take it lost up to 10%
+# (benchmarks/README.md).
 EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
