@@ -481,6 +481,43 @@ def check(
     ]
 
 
+def assert_train_step(
+    translation: Any,
+    keras_model: Any,
+    images: Any,
+    batch_norm: str,
+    path: tuple[str, ...],
+    *,
+    module: Any = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, Any]:
+    """One training-mode pass against Keras' ``training=True`` on the same ``images``: the outputs
+    agree within ``tolerance``, and the moving statistics of the BatchNorm Keras names
+    ``batch_norm`` (``path`` in Flax's ``batch_stats``) moved as Keras moved them. The steps
+    (new - old) are compared, within 1e-3, not the values they barely change. ``module`` replaces
+    the translation's (e.g. a clone without dropout). Returns the updated ``batch_stats``
+    collection as Flax's ``mutable`` apply gives it.
+    """
+    import jax
+
+    module = module or translation.module
+    out, updated = jax.jit(
+        lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"])
+    )(translation.variables, images)
+    error = relative_error(out, np.asarray(keras_model(images, training=True)))
+    assert error < tolerance, f"training-mode outputs are {error:.2e} from Keras'"
+    layer = keras_model.get_layer(batch_norm)
+    before, after = translation.variables["batch_stats"], updated["batch_stats"]
+    for key in path:
+        before, after = before[key], after[key]
+    for ours, theirs in (("mean", layer.moving_mean), ("var", layer.moving_variance)):
+        keras_step = theirs.numpy() - np.asarray(before[ours])
+        assert np.linalg.norm(keras_step) > 0, f"Keras' training pass did not move {batch_norm}"
+        step_error = relative_error(np.asarray(after[ours]) - np.asarray(before[ours]), keras_step)
+        assert step_error < 1e-3, f"moving {ours} of {batch_norm} stepped {step_error:.2e} off Keras'"
+    return updated
+
+
 def assert_parity(name: str, **kwargs: Any) -> list[ParityReport]:
     """:func:`check`, raising AssertionError with every measurement when anything is off.
 
