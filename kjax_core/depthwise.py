@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .nn import ShapeCheckedParams
+
 Dtype = Any
 
 
@@ -76,7 +78,7 @@ def depthwise_shift_add(
     return out
 
 
-class DepthwiseConv(nn.Module):
+class DepthwiseConv(ShapeCheckedParams, nn.Module):
     """Keras DepthwiseConv2D with the variables of a Flax grouped ``nn.Conv``: ``kernel``
     (kh, kw, 1, C * depth_multiplier) and, with ``use_bias``, ``bias`` (C * depth_multiplier,),
     computed by :func:`depthwise_shift_add`. Padding as in :func:`kjax_core.nn.conv`."""

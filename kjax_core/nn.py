@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -72,6 +73,38 @@ def avg_pool(x: jax.Array, window: int, strides: int, padding: str = "VALID") ->
     )
 
 
+class ShapeCheckedParams:
+    """Mixin for a Flax module whose parameters are created as ``param(name, init, shape, ...)``:
+    where the parameter exists (every ``apply``), its shape is compared with ``shape`` directly.
+    Flax instead runs ``jax.eval_shape`` of the initializer for every parameter on every trace,
+    which made tracing ResNet50 0.41 s instead of 0.14 s. Same error when the shape differs."""
+
+    @nn.nowrap
+    def param(self, name: str, init_fn: Callable, *init_args: Any, unbox: bool = True,
+              **init_kwargs: Any) -> Any:
+        scope = self.scope
+        if scope is None or not init_args or not scope.has_variable("params", name):
+            return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+        scope.reserve(name, "params")
+        value = scope.get_variable("params", name)
+        shape = tuple(int(d) for d in init_args[0])
+        if tuple(jnp.shape(value)) != shape:
+            raise flax.errors.ScopeParamShapeError(name, scope.path_text, jnp.shape(value), shape)
+        return flax.core.meta.unbox(value) if unbox else value
+
+
+class Conv(ShapeCheckedParams, nn.Conv):
+    """``flax.linen.Conv`` (same variables and computation) with :class:`ShapeCheckedParams`."""
+
+
+class Dense(ShapeCheckedParams, nn.Dense):
+    """``flax.linen.Dense`` with :class:`ShapeCheckedParams`."""
+
+
+class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
+    """``flax.linen.BatchNorm`` with :class:`ShapeCheckedParams`."""
+
+
 def conv(
     x: jax.Array,
     features: int,
@@ -99,7 +132,7 @@ def conv(
             features, strides=strides, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
             name=name,
         )(x)
-    return nn.Conv(
+    return Conv(
         features,
         tuple(kernel_size),
         strides=(strides, strides),
@@ -112,7 +145,7 @@ def conv(
     )(x)
 
 
-class PointwiseConv(nn.Module):
+class PointwiseConv(ShapeCheckedParams, nn.Module):
     """A 1x1 convolution (any stride; 'same' and 'valid' agree for 1x1) as a matrix product over
     the channel axis, with ``nn.Conv``'s variables: kernel (1, 1, in, out), bias (out,).
 
@@ -228,7 +261,7 @@ def batch_norm(
 ) -> jax.Array:
     """Keras BatchNormalization (channels last). Keras' default epsilon is 1e-3; Flax's is 1e-5,
     so every family passes the epsilon its Keras source uses."""
-    return nn.BatchNorm(
+    return BatchNorm(
         use_running_average=not train,
         momentum=momentum,
         epsilon=epsilon,
@@ -279,7 +312,7 @@ def classifier_head(
         x = jnp.mean(x, axis=(1, 2))
         if dropout_rate > 0:
             x = nn.Dropout(dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = nn.Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+        x = Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
         return activation(classifier_activation)(x)
     if pooling == "avg":
         return jnp.mean(x, axis=(1, 2))
