@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 # XLA:CPU options: YNNPACK only for matrix products, Eigen for the convolutions (as TensorFlow's
-# XLA does). The predictor's default on CPU: on a quiet 2-core Xeon it made ResNet50 (15%),
+# XLA does). The predictor's default on CPU: on a quiet 2-core Xeon it made ResNet50 (12-15%),
 # DenseNet121 (21%) and MobileNetV2 (8%) faster at batch 8 and EfficientNetB0 no slower, because
 # Eigen keeps both cores busy where YNNPACK leaves one partly idle; at batch 1 it is within about
 # 10% either way from run to run. On a machine whose cores other jobs take it lost up to 10%
