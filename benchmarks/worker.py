@@ -80,6 +80,25 @@ class Engine:
         fn()
         return {"s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
+    def load_keras(self, model: str) -> tuple:
+        """(the Keras model of ``model`` with random weights, its input size, seconds to build)."""
+        import kjax_core
+
+        self.steps = {}
+        spec = kjax_core.get_spec(model)
+        start = time.perf_counter()
+        keras_model = spec.load(spec.keras_constructor)(weights=None)
+        size = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+        return keras_model, size, time.perf_counter() - start
+
+    def first_call(self, name: str, step) -> dict:
+        """Run ``step`` once (compiling it), keep it as variant ``name``; its first-call seconds."""
+        t0 = time.perf_counter()
+        step()
+        first = time.perf_counter() - t0
+        self.steps[name] = step
+        return {name: first}
+
 
 class JaxMixin:
     def matmul(self) -> dict:
@@ -128,10 +147,7 @@ class Kjax(JaxMixin, Engine):
             else:
                 raise ValueError(f"unknown kjax variant {variant}")
             prep[variant] = time.perf_counter() - t0  # folding, casting: not compilation
-            t0 = time.perf_counter()
-            run(x).block_until_ready()
-            firsts[variant] = time.perf_counter() - t0
-            self.steps[variant] = lambda run=run: run(x).block_until_ready()
+            firsts.update(self.first_call(variant, lambda run=run: run(x).block_until_ready()))
         return {"first_s": firsts, "prep_s": prep, "flops_per_batch": flops, "setup_s": setup,
                 "input_size": list(size)}
 
@@ -141,27 +157,18 @@ class KerasJax(JaxMixin, Engine):
         import jax
         import jax.numpy as jnp
 
-        import kjax_core
-
-        self.steps = {}
-        spec = kjax_core.get_spec(model)
-        start = time.perf_counter()
-        keras_model = spec.load(spec.keras_constructor)(weights=None)
-        size = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+        keras_model, size, setup = self.load_keras(model)
         trainable = [v.value for v in keras_model.trainable_variables]
         non_trainable = [v.value for v in keras_model.non_trainable_variables]
-        setup = time.perf_counter() - start
 
         @jax.jit
         def apply(trainable, non_trainable, x):
             return keras_model.stateless_call(trainable, non_trainable, x, training=False)[0]
 
         x = jnp.asarray(_images(batch, size))
-        t0 = time.perf_counter()
-        apply(trainable, non_trainable, x).block_until_ready()
-        first = time.perf_counter() - t0
-        self.steps["keras-jax"] = lambda: apply(trainable, non_trainable, x).block_until_ready()
-        return {"first_s": {"keras-jax": first}, "setup_s": setup, "input_size": list(size)}
+        first = self.first_call(
+            "keras-jax", lambda: apply(trainable, non_trainable, x).block_until_ready())
+        return {"first_s": first, "setup_s": setup, "input_size": list(size)}
 
 
 class KerasTf(Engine):
@@ -177,21 +184,11 @@ class KerasTf(Engine):
     def load(self, model: str, batch: int, variants: list[str]) -> dict:
         import tensorflow as tf
 
-        import kjax_core
-
-        self.steps = {}
-        spec = kjax_core.get_spec(model)
-        start = time.perf_counter()
-        keras_model = spec.load(spec.keras_constructor)(weights=None)
-        size = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
-        setup = time.perf_counter() - start
+        keras_model, size, setup = self.load_keras(model)
         apply = tf.function(lambda x: keras_model(x, training=False), jit_compile=True)
         x = tf.constant(_images(batch, size))
-        t0 = time.perf_counter()
-        apply(x).numpy()
-        first = time.perf_counter() - t0
-        self.steps["keras-tf"] = lambda: apply(x).numpy()
-        return {"first_s": {"keras-tf": first}, "setup_s": setup, "input_size": list(size)}
+        first = self.first_call("keras-tf", lambda: apply(x).numpy())
+        return {"first_s": first, "setup_s": setup, "input_size": list(size)}
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .nn import ShapeCheckedParams
+from .nn import ShapeCheckedParams, kernel_and_bias
 
 Dtype = Any
 
@@ -96,9 +96,6 @@ class DepthwiseConv(ShapeCheckedParams, nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1] * self.depth_multiplier
-        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = kernel_and_bias(self, x, (*self.kernel_size, 1, features))
         y = depthwise_shift_add(x, kernel, self.strides, self.padding)
         return y + bias if bias is not None else y

@@ -99,20 +99,12 @@ class Predictor:
         return self._run(jnp.asarray(images, self._float))
 
 
-def predictor(
-    module: Any,
-    variables: Any,
-    *,
-    fold_bn: bool = True,
-    dtype: Any = None,
-    devices: Any = None,
-    xla_options: dict | None = None,
-    input_shape: Sequence[int] | None = None,
-) -> Predictor:
+def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
     """``predict(images)``: ``module`` prepared for inference and compiled once per input shape.
 
     ``predict(images)`` returns what ``module.apply(variables, images)`` returns, to float32
-    rounding (with the default float32 compute), compiling once per input shape.
+    rounding (with the default float32 compute), compiling once per input shape. Options, all
+    keyword-only (an unknown one is a TypeError):
 
     :param fold_bn: fold each BatchNorm that follows a convolution into it
         (:func:`kjax_core.fold.fold_batch_norm`); exact to float32 rounding, inference only.
@@ -126,7 +118,4 @@ def predictor(
         ``{}`` for XLA's own defaults.
     :param input_shape: (H, W, C) used to trace the model for folding; default 224x224x3.
     """
-    return Predictor(
-        module, variables, fold_bn=fold_bn, dtype=dtype, devices=devices,
-        xla_options=xla_options, input_shape=input_shape,
-    )
+    return Predictor(module, variables, **options)

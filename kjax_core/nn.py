@@ -93,6 +93,17 @@ class ShapeCheckedParams:
         return flax.core.meta.unbox(value) if unbox else value
 
 
+def kernel_and_bias(module: nn.Module, x: jax.Array, kernel_shape: Sequence[int]):
+    """``(x, kernel, bias)`` of a conv-like module with ``nn.Conv``'s fields (``kernel_init``,
+    ``bias_init``, ``use_bias``, ``dtype``, ``param_dtype``): ``kernel`` of ``kernel_shape``,
+    ``bias`` (None without ``use_bias``) of its last dimension, all promoted to ``dtype``."""
+    kernel = module.param("kernel", module.kernel_init, tuple(kernel_shape), module.param_dtype)
+    bias = None
+    if module.use_bias:
+        bias = module.param("bias", module.bias_init, (kernel_shape[-1],), module.param_dtype)
+    return nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+
+
 class Conv(ShapeCheckedParams, nn.Conv):
     """``flax.linen.Conv`` (same variables and computation) with :class:`ShapeCheckedParams`."""
 
@@ -164,12 +175,9 @@ class PointwiseConv(ShapeCheckedParams, nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         if self.strides != 1:
             x = x[:, :: self.strides, :: self.strides, :]
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = kernel_and_bias(self, x, (1, 1, x.shape[-1], self.features))
         y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
         return y if bias is None else y + bias
 
@@ -321,22 +329,27 @@ def classifier_head(
     return x
 
 
-class Application(nn.Module, kw_only=True):
-    """Base of a family's model: the options every Keras application has, with Keras' names and
-    defaults, and the compute / parameter dtypes. A family subclasses it, adds its own fields
-    (keyword-only here, so they may come without defaults), starts ``__call__`` with
-    ``self.inputs(x)`` and ends it with ``self.top(x)``; submodules get ``**self.dtypes``."""
+class Block(nn.Module, kw_only=True):
+    """Base of a family's modules: the compute and parameter dtypes (keyword-only, so a subclass's
+    own fields may come without defaults and stay positional); ``**self.dtypes`` passes them on."""
 
-    include_top: bool = True
-    pooling: str | None = None
-    classes: int = 1000
-    classifier_activation: str | None = "softmax"
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
     @property
     def dtypes(self) -> dict[str, Dtype]:
         return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+
+class Application(Block, kw_only=True):
+    """Base of a family's model: the options every Keras application has, with Keras' names and
+    defaults, and the dtypes of :class:`Block`. A family subclasses it, adds its own fields,
+    starts ``__call__`` with ``self.inputs(x)`` and ends it with ``self.top(x)``."""
+
+    include_top: bool = True
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | None = "softmax"
 
     def inputs(self, x: jax.Array) -> jax.Array:
         """The images in the compute dtype (float32 unless ``dtype`` says otherwise)."""

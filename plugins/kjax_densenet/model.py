@@ -7,7 +7,7 @@ Submodules carry the Keras layer names: block ``conv2_block1`` holds ``0_bn``, `
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +19,14 @@ EPSILON = 1.001e-5  # Keras DenseNet's BatchNormalization epsilon
 GROWTH_RATE = 32
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(knn.Block):
     """``conv_block``: BN-ReLU-1x1 conv (4k) - BN-ReLU-3x3 conv (k), concatenated after the input."""
 
     growth_rate: int = GROWTH_RATE
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, **kw)
         x1 = nn.relu(bn(x, name="0_bn"))
         x1 = knn.conv(x1, 4 * self.growth_rate, 1, use_bias=False, name="1_conv", **kw)
@@ -37,16 +35,14 @@ class ConvBlock(nn.Module):
         return jnp.concatenate([x, x1], axis=-1)
 
 
-class TransitionBlock(nn.Module):
+class TransitionBlock(knn.Block):
     """``transition_block``: BN-ReLU-1x1 conv (channels * reduction), 2x2/2 'valid' average pool."""
 
     reduction: float = 0.5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         x = nn.relu(knn.batch_norm(x, name="bn", train=train, epsilon=EPSILON, **kw))
         x = knn.conv(x, int(x.shape[-1] * self.reduction), 1, use_bias=False, name="conv", **kw)
         return knn.avg_pool(x, 2, 2)  # 'valid': an odd size drops its last row/column

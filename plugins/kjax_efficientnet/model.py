@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ DEFAULT_BLOCKS_ARGS = (
 SE_RATIO = 0.25
 
 
-class Block(nn.Module):
+class Block(knn.Block):
     """Keras' ``block``: inverted residual with squeeze-and-excitation."""
 
     filters_in: int
@@ -52,12 +52,10 @@ class Block(nn.Module):
     id_skip: bool = True
     drop_rate: float = 0.0
     activation: str = "swish"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
         act = knn.activation(self.activation)
         filters = self.filters_in * self.expand_ratio

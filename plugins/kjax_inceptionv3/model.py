@@ -13,7 +13,6 @@ depth, so they are paired by creation order, not by name or model order (see
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,19 +23,17 @@ from kjax_core import nn as knn
 EPSILON = 1e-3  # conv2d_bn's BatchNormalization(scale=False) keeps Keras' default epsilon
 
 
-class ConvBN(nn.Module):
+class ConvBN(knn.Block):
     """``conv2d_bn``: Conv2D(use_bias=False) -> BatchNormalization(scale=False) -> ReLU."""
 
     filters: int
     kernel_size: tuple[int, int]
     strides: int = 1
     padding: str = "same"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         x = knn.conv(x, self.filters, self.kernel_size, strides=self.strides, padding=self.padding,
                      use_bias=False, name="conv", **kw)
         x = knn.batch_norm(x, name="bn", train=train, epsilon=EPSILON, scale=False, **kw)
@@ -48,15 +45,12 @@ def _pool_same(x: jax.Array) -> jax.Array:
     return knn.avg_pool(x, 3, 1, padding="SAME")
 
 
-class Block(nn.Module):
+class Block(knn.Block):
     """Base of the mixed blocks: ``unit(x, name, filters, rows, cols, ...)`` is one conv2d_bn."""
-
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     def unit(self, x, name, filters, rows, cols, train, strides=1, padding="same"):
         return ConvBN(filters, (rows, cols), strides, padding, name=name,
-                      dtype=self.dtype, param_dtype=self.param_dtype)(x, train)
+                      **self.dtypes)(x, train)
 
 
 class InceptionA(Block):
@@ -154,7 +148,6 @@ class InceptionE(Block):
 
 class InceptionV3(knn.Application):
     """InceptionV3 with Keras' option names."""
-
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:

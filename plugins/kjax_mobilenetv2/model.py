@@ -8,7 +8,6 @@ Each inverted residual block is a submodule named after its Keras prefix: ``bloc
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +40,7 @@ def _make_divisible(v, divisor, min_value=None):
     return new_v
 
 
-class InvertedResBlock(nn.Module):
+class InvertedResBlock(knn.Block):
     """``_inverted_res_block``: 1x1 expand (not in block 0), 3x3 depthwise, 1x1 linear project,
     residual add when shapes allow. A strided depthwise is preceded by Keras' correct_pad."""
 
@@ -50,12 +49,10 @@ class InvertedResBlock(nn.Module):
     alpha: float
     filters: int
     block_id: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
         in_channels = inputs.shape[-1]
         pointwise_filters = _make_divisible(int(self.filters * self.alpha), 8)
@@ -84,9 +81,9 @@ class MobileNetV2(knn.Application):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        x = self.inputs(x)
         x = knn.conv(x, _make_divisible(32 * self.alpha, 8), 3, strides=2, padding="same",
                      use_bias=False, name="Conv1", **kw)
         x = jax.nn.relu6(bn(x, name="bn_Conv1"))

@@ -7,7 +7,7 @@ parameter paths read ``conv2_block1/1_conv/kernel`` for Keras' ``conv2_block1_1_
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,18 +18,16 @@ from kjax_core import nn as knn
 EPSILON = 1.001e-5  # Keras ResNet's BatchNormalization epsilon
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(knn.Block):
     """``residual_block_v1``: 1x1 (carrying the stride), 3x3 'same', 1x1 x4, plus shortcut."""
 
     filters: int
     stride: int = 1
     conv_shortcut: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, **kw)
         if self.conv_shortcut:
             shortcut = knn.conv(x, 4 * self.filters, 1, strides=self.stride, name="0_conv", **kw)

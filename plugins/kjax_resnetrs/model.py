@@ -24,7 +24,6 @@ then the default matching pairs the eight stem layers in order within their kind
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +49,7 @@ BLOCK_REPEATS = {
 }
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(knn.Block):
     """tf_keras BatchNormalization (fused, channels last), with flax.linen.BatchNorm's variables
     (params scale/bias, batch_stats mean/var) and its inference arithmetic. In training it normalises
     with the biased batch variance but moves the moving variance toward the unbiased one
@@ -59,8 +58,6 @@ class BatchNorm(nn.Module):
 
     epsilon: float = BN_EPSILON
     momentum: float = BN_MOMENTUM
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -102,15 +99,12 @@ def conv_fixed_padding(x, filters, kernel_size, strides, *, name, **kw):
                     name=name, **kw)
 
 
-class Stem(nn.Module):
+class Stem(knn.Block):
     """``STEM``: 3x3/2 (32), 3x3 (32), 3x3 (64), 3x3/2 (64), each BatchNorm + relu."""
-
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         for i, (filters, strides) in enumerate(((32, 2), (32, 1), (64, 1), (64, 2)), start=1):
             x = conv_fixed_padding(x, filters, 3, strides, name=f"stem_conv_{i}", **kw)
             x = batch_norm(x, name=f"stem_batch_norm_{i}", train=train, **kw)
@@ -118,7 +112,7 @@ class Stem(nn.Module):
         return x
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(knn.Block):
     """``BottleneckBlock``: 1x1, 3x3 (with the stride), 1x1 x4, each with BatchNorm; SE; drop
     connect; plus the (projected) shortcut; relu."""
 
@@ -126,12 +120,10 @@ class BottleneckBlock(nn.Module):
     strides: int
     use_projection: bool
     survival_probability: float = 0.0  # used as the drop rate, as tf_keras does
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(batch_norm, train=train, **kw)
         shortcut = x
         if self.use_projection:
@@ -158,33 +150,28 @@ class BottleneckBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(knn.Block):
     """``SE``: its layers are ``<block>_se_se_reduce`` / ``_se_se_expand``."""
 
     reduced_filters: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         return knn.squeeze_excite(x, self.reduced_filters, reduce_name="se_reduce",
-                                  expand_name="se_expand", dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
+                                  expand_name="se_expand", **self.dtypes)
 
 
-class BlockGroup(nn.Module):
+class BlockGroup(knn.Block):
     """``BlockGroup``: the first block projects the shortcut and strides; the rest do neither."""
 
     filters: int
     strides: int
     num_repeats: int
     survival_probability: float = 0.0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         for i in range(self.num_repeats):
             x = BottleneckBlock(
                 self.filters,

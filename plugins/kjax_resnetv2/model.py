@@ -11,7 +11,7 @@ a bias and no BatchNorm (the max pooling after it pads with zeros over values th
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,19 +21,17 @@ from kjax_core import nn as knn
 from kjax_resnet.model import EPSILON  # 1.001e-5, as ResNet v1
 
 
-class PreactBottleneck(nn.Module):
+class PreactBottleneck(knn.Block):
     """``residual_block_v2``: preact BN-relu; 1x1 (no bias), zero-pad 1 + 3x3 with the stride (no
     bias), 1x1 x4 (bias, no BN); shortcut a 1x1 conv of the preactivation or the (subsampled) input."""
 
     filters: int
     stride: int = 1
     conv_shortcut: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, **kw)
         preact = nn.relu(bn(x, name="preact_bn"))
         if self.conv_shortcut:
