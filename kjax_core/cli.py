@@ -264,14 +264,24 @@ def verify(
     set_: Optional[list[str]] = SetOption,
     batch: int = typer.Option(2, "--batch", min=2, help="Images in the random batch."),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Largest relative L2 error accepted."
+        1e-9, "--tolerance", min=0.0,
+        help="Largest relative L2 error accepted for kjax in float64 against Keras in float64.",
+    ),
+    float32_factor: float = typer.Option(
+        2.0, "--float32-factor", min=0.0,
+        help="kjax in float32 may be this many times as far from Keras float64 as Keras float32.",
     ),
     seed: int = typer.Option(0, "--seed", min=0),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Run Keras and the translated Flax model on one random batch and compare them."""
-    if tolerance != tolerance:
-        raise OptionError("--tolerance must be a number, not nan")
+    """Run Keras and the translated Flax model on one random batch and judge them in float64.
+
+    Keras (TensorFlow) is built a second time in float64 with the same weights: kjax in float64
+    must equal it within --tolerance, and kjax in float32 must be no further from it than
+    --float32-factor times Keras' own float32 model."""
+    for name, value in (("--tolerance", tolerance), ("--float32-factor", float32_factor)):
+        if value != value:
+            raise OptionError(f"{name} must be a number, not nan")
     spec, options, shape = _request(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
@@ -286,31 +296,39 @@ def verify(
             spec.name, input_shape=shape, seed=seed, prepare=randomised,
             weights=None if randomised else _weights(weights), **options,
         )
-    images = parity.sample_images((batch, *translation.input_shape), seed + 7)
-    report = parity.compare(translation, keras_model, images, tolerance)
+        images = parity.sample_images((batch, *translation.input_shape), seed + 7)
+        report = parity.compare(translation, keras_model, images, tolerance=tolerance,
+                                float32_factor=float32_factor)
     # Parity decides the exit code; a test too weak to prove itself (e.g. on Keras' initial
     # weights, where BatchNorm is the identity) is reported, since it is the weights' doing.
-    matches = report.relative_error <= tolerance
+    matches64 = report.error64 <= tolerance
+    matches32 = report.error32 <= report.float32_limit
     if as_json:
-        fields = ("model", "input_shape", "relative_error", "max_abs_error", "sensitivity",
-                  "broken", "broken_error", "tolerance", "problems")
-        out.print_json(json.dumps({"weights": weights, "matches": matches, "conclusive": report.ok,
-                                   **{f: getattr(report, f) for f in fields}}))
+        fields = ("model", "input_shape", "error64", "max_abs_error64", "error32", "keras_error32",
+                  "sensitivity", "broken", "broken_error", "tolerance", "float32_factor")
+        out.print_json(json.dumps({
+            "weights": weights, "matches": report.matches, "conclusive": report.conclusive,
+            **{f: getattr(report, f) for f in fields}, "problems": report.problems,
+        }))
     else:
         table = Table(box=None, header_style="bold")
-        for column in ("model", "input", "weights", "rel err", "max abs", "img diff", "broken", "ok"):
+        for column in ("model", "input", "weights", "f64 err", "f32 err", "Keras f32", "img diff",
+                       "broken", "ok"):
             table.add_column(column, no_wrap=True)
         table.add_row(*map(Text, (
             spec.name, "x".join(map(str, report.input_shape)), weights,
-            f"{report.relative_error:.2e}", f"{report.max_abs_error:.2e}",
-            f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}", "yes" if matches else "NO",
+            f"{report.error64:.2e}", f"{report.error32:.2e}", f"{report.keras_error32:.2e}",
+            f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}",
+            "yes" if report.matches else "NO",
         )))
         out.print(table)
-    if not matches:  # NaN fails too
-        raise KjaxError(
-            f"{spec.name} differs from Keras: relative error {report.relative_error:.2e} > {tolerance:g}"
-        )
-    for problem in report.problems:
+    if not matches64:  # NaN fails too
+        raise KjaxError(f"{spec.name} differs from Keras in float64: relative error "
+                        f"{report.error64:.2e} > {tolerance:g}")
+    if not matches32:
+        raise KjaxError(f"{spec.name} in float32 is {report.error32:.2e} from Keras float64, more "
+                        f"than {float32_factor:g} x Keras' own float32 error {report.keras_error32:.2e}")
+    for problem in report.weaknesses:
         err.print(f"note: inconclusive: {problem}")
 
 

@@ -56,10 +56,9 @@ class ModelSpec:
             constructors that build a different graph for it (EfficientNet adds a Rescaling layer
             only for ``weights="imagenet"``): ``{"imagenet": {"imagenet_rescaling": True}}``.
         parity: how the parity harness (``kjax verify``, tests) prepares this model's randomised
-            reference, for nets that the defaults leave chaotic (float32 rounding amplified past
-            the tolerance); keys of :data:`kjax_core.parity.PARITY_DEFAULTS`:
-            ``{"calibration": "in_order", "gate_scale": 0.1}`` for EfficientNet,
-            ``{"damp_layers": "_batch_norm_3", "damping": 0.5}`` for ResNet-RS.
+            reference, where the defaults do not suit it; keys of
+            :data:`kjax_core.parity.PARITY_DEFAULTS` (``{"calibration": "batch"}``). No built-in
+            family needs any.
         plugin: the plugin that registered it; filled in by the registry.
     """
 

@@ -29,3 +29,18 @@ def save_legacy_h5(keras_model, path):
     with h5py.File(path, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, keras_model)
     return path
+
+
+def show(reports):
+    """Print what each parity report measured (pytest shows it with -s or on failure)."""
+    for report in reports:
+        print(report.summary())
+    return reports
+
+
+def assert_same_variables(actual, expected):
+    """Two variable trees hold the same paths and bit-identical arrays."""
+    got, want = dict(flatten(actual)), dict(flatten(expected))
+    assert got.keys() == want.keys()
+    for path, value in want.items():
+        np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg="/".join(path))

@@ -52,6 +52,7 @@ def test_list(capsys):
         (["verify", "resnet50", "--seed", "-1"], "--seed"),
         (["verify", "resnet50", "--tolerance", "-1"], "--tolerance"),
         (["verify", "resnet50", "--tolerance", "nan"], "--tolerance"),
+        (["verify", "resnet50", "--float32-factor", "nan"], "--float32-factor"),
     ],
 )
 def test_bad_input_gets_one_line(args, message, capsys, tmp_path, monkeypatch):
@@ -222,11 +223,13 @@ def test_verify(capsys):
                               "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert report["relative_error"] < 1e-4 and report["matches"] and report["conclusive"]
+    assert report["error64"] < 1e-9 and report["matches"] and report["conclusive"]
+    assert report["error32"] <= 2 * report["keras_error32"] and report["keras_error32"] > 0
     assert report["input_shape"] == [67, 45, 3]
     assert report["sensitivity"] > 1e-2 and report["broken_error"] > 1e-3
     code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3"], capsys)
     assert code == 0 and "resnet50" in out and "yes" in out
+    assert "f64 err" in out and "f32 err" in out and "Keras f32" in out
 
 
 def test_verify_on_initial_weights_matches_but_is_inconclusive(capsys):
@@ -253,14 +256,18 @@ def test_verify_fails_on_nan(tmp_path, capsys):
     code, out, err = run_cli(["verify", "resnet50", "-w", tmp_path / "nan.weights.h5",
                               "--no-include-top", "--input-shape", "64,64,3"], capsys)
     one_line_error(code, err, 1)
-    assert "differs from Keras: relative error nan" in err
+    assert "differs from Keras in float64: relative error nan" in err
 
 
-def test_verify_fails_above_tolerance(capsys):
-    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "67,45,3",
-                              "--tolerance", "1e-12"], capsys)
+def test_verify_fails_above_either_bound(capsys):
+    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "35,33,3",
+                              "--tolerance", "1e-17"], capsys)
     one_line_error(code, err, 1)
-    assert "differs from Keras" in err
+    assert "differs from Keras in float64" in err
+    code, out, err = run_cli(["verify", "resnet50", "--no-include-top", "--input-shape", "35,33,3",
+                              "--float32-factor", "0"], capsys)
+    one_line_error(code, err, 1)
+    assert "in float32 is" in err and "Keras' own float32 error" in err
 
 
 def test_create_model_and_apply_match_load(written):

@@ -36,8 +36,5 @@ def kjax_register_models(register):
                 parameters=parameters,
                 preprocessing="none",
                 weights_options={"imagenet": {"imagenet_rescaling": True}},
-                # Swish and squeeze-excitation gates make random deep EfficientNets drift into
-                # chaos under the harness' defaults; see kjax_core.parity.PARITY_DEFAULTS.
-                parity={"calibration": "in_order", "gate_scale": 0.1},
             )
         )

@@ -34,9 +34,5 @@ def kjax_register_models(register):
                 preprocessing="none",
                 options={"include_preprocessing": True},
                 weights=("imagenet", *(f"imagenet-i{size}" for size in sizes)),
-                # Random deep ResNet-RS trunks are chaotic in float32 (Keras itself is 24% off
-                # float64 for resnetrs152); the parity reference halves each residual branch's
-                # last BatchNorm, as zero-init-residual training would (see kjax_core.parity).
-                parity={"damp_layers": "_batch_norm_3", "damping": 0.5} if depth > 50 else {},
             )
         )
