@@ -157,19 +157,21 @@ def placeholder_initializers() -> Iterator[None]:
         if keras_random is not None:
             import tensorflow as tf
 
-            def zeros(shape, *args, dtype=None, **kwargs):
+            def zeros(shape, *args, **kwargs):  # (shape, mean|minval, stddev|maxval, dtype, seed)
                 from keras.src.backend.config import floatx
 
+                dtype = kwargs.get("dtype", args[2] if len(args) > 2 else None)
                 return tf.zeros(tuple(shape), dtype or floatx())
 
             for name in ("normal", "uniform", "truncated_normal"):
                 patched.append((keras_random, name, getattr(keras_random, name)))
     if "tf_keras" in sys.modules:
         import tensorflow as tf
-        from tf_keras.src.backend import RandomGenerator
+        from tf_keras.src.backend import RandomGenerator, floatx as tf_keras_floatx
 
-        def method(self, shape, *args, dtype=None, **kwargs):
-            return tf.zeros(tuple(shape), dtype or tf.float32)
+        def method(self, shape, *args, **kwargs):  # (shape, mean|minval, stddev|maxval, dtype, nonce)
+            dtype = kwargs.get("dtype", args[2] if len(args) > 2 else None)
+            return tf.zeros(tuple(shape), dtype or tf_keras_floatx())
 
         for name in ("random_normal", "random_uniform", "truncated_normal"):
             patched.append((RandomGenerator, name, RandomGenerator.__dict__[name]))

@@ -120,7 +120,7 @@ class EfficientNet(knn.Application):
         x = self.inputs(x)
         # Stem: the preprocessing Keras builds into the graph.
         x = x * jnp.asarray(1.0 / 255.0, x.dtype)
-        x = knn.Normalization(name="normalization")(x)
+        x = knn.Normalization(name="normalization", **kw)(x)
         if self.imagenet_rescaling:
             # Keras' Normalization divides by sqrt(variance), the original by the std itself
             # (tensorflow/tensorflow#49930); this undoes the difference for the imagenet weights.
