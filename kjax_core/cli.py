@@ -312,11 +312,10 @@ def verify(
         }))
     else:
         table = Table(box=None, header_style="bold")
-        for column in ("model", "input", "weights", "f64 err", "f32 err", "Keras f32", "img diff",
-                       "broken", "ok"):
+        for column in ("model", "input", "f64 err", "f32 err", "Keras f32", "img diff", "broken", "ok"):
             table.add_column(column, no_wrap=True)
         table.add_row(*map(Text, (
-            spec.name, "x".join(map(str, report.input_shape)), weights,
+            spec.name, "x".join(map(str, report.input_shape)),
             f"{report.error64:.2e}", f"{report.error32:.2e}", f"{report.keras_error32:.2e}",
             f"{report.sensitivity:.2e}", f"{report.broken_error:.2e}",
             "yes" if report.matches else "NO",

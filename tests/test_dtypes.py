@@ -58,7 +58,6 @@ import kjax_core
 from kjax_core import nn as knn
 
 MODELS = kjax_core.list_models()
-_IMPORTED_BEFORE = {"tensorflow", "keras", "tf_keras"} & set(sys.modules)  # by other test modules
 
 
 # ------------------------------------------------------------------------------ the walker
@@ -480,8 +479,13 @@ def test_the_walker_passes_a_clean_float64_module():
 
 
 def test_no_keras_or_tensorflow_imported():
-    """Tracing needs Flax only: run alone, this module (all of it ran before this test) imported
-    neither Keras nor TensorFlow."""
-    if _IMPORTED_BEFORE:
-        pytest.skip(f"imported before this module: {sorted(_IMPORTED_BEFORE)}")
-    assert not {"tensorflow", "keras", "tf_keras"} & set(sys.modules)
+    """Tracing needs Flax only: tracing a model in a fresh process imports neither Keras nor
+    TensorFlow (a fresh process: under pytest-xdist other tests share this one)."""
+    import subprocess
+
+    code = ("import sys, jax, kjax_core; m = kjax_core.create_model('resnet50', include_top=False); "
+            "jax.make_jaxpr(lambda x: m.init(jax.random.PRNGKey(0), x))("
+            "jax.ShapeDtypeStruct((1, 64, 64, 3), 'float32')); "
+            "print(sorted({'tensorflow', 'keras', 'tf_keras'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
