@@ -6,7 +6,6 @@ import them when called.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
 from typing import Any
 
 from .errors import (
@@ -18,14 +17,11 @@ from .errors import (
     UnknownModelError,
     WeightsError,
 )
-from .hookspecs import hookimpl
-from .plugins import get_spec, list_models
-from .spec import LayerRule, ModelSpec
+from .plugin_system.hookspecs import hookimpl
+from .plugin_system.registry import get_spec, list_models
+from .plugin_system.types import LayerRule, ModelSpec
+from .version import __version__
 
-try:
-    __version__ = _metadata.version("kjax")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "CorruptFileError", "KjaxError", "LayerRule", "ModelSpec", "OptionError", "OutputError",
@@ -35,29 +31,29 @@ __all__ = [
 
 
 def create_model(name: str, **options: Any):
-    """The Flax module of a registered model (see :func:`kjax_core.api.create_model`)."""
-    from .api import create_model as _create_model
+    """The Flax module of a registered model (see :func:`kjax_core.conversion.translate.create_model`)."""
+    from .conversion.translate import create_model as _create_model
 
     return _create_model(name, **options)
 
 
 def translate(name: str, weights: str | None = "imagenet", **options: Any):
-    """Keras weights -> Flax variables (see :func:`kjax_core.api.translate`)."""
-    from .api import translate as _translate
+    """Keras weights -> Flax variables (see :func:`kjax_core.conversion.translate.translate`)."""
+    from .conversion.translate import translate as _translate
 
     return _translate(name, weights, **options)
 
 
 def save(translation, path, **options: Any):
-    """Write a translation to a directory (see :func:`kjax_core.io.save`)."""
-    from .io import save as _save
+    """Write a translation to a directory (see :func:`kjax_core.storage.output.save`)."""
+    from .storage.output import save as _save
 
     return _save(translation, path, **options)
 
 
 def load(path):
     """``(module, variables)`` from a directory written by ``kjax translate`` or :func:`save`."""
-    from .io import load as _load
+    from .storage.output import load as _load
 
     return _load(path)
 
@@ -65,15 +61,15 @@ def load(path):
 def predictor(module, variables, **options: Any):
     """``predict(images)``: the fast inference path, BatchNorm folded, optionally bfloat16 or over
     all devices (see :func:`kjax_core.inference.predictor`)."""
-    from .inference import predictor as _predictor
+    from .inference.predictor import predictor as _predictor
 
     return _predictor(module, variables, **options)
 
 
 def fold_batch_norm(module, variables, **options: Any):
     """``(folded_module, folded_variables)`` with each BatchNorm that follows a convolution folded
-    into it, for inference (see :func:`kjax_core.fold.fold_batch_norm`)."""
-    from .fold import fold_batch_norm as _fold_batch_norm
+    into it, for inference (see :func:`kjax_core.inference.fold.fold_batch_norm`)."""
+    from .inference.fold import fold_batch_norm as _fold_batch_norm
 
     return _fold_batch_norm(module, variables, **options)
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import KjaxError, OptionError
-from .options import parse_value
+from .conversion.options import parse_value
 
 app = typer.Typer(
     name="kjax",
@@ -37,7 +37,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 def _version_callback(value: bool) -> None:
     if value:
-        from . import __version__
+        from .version import __version__
 
         out.print(f"kjax {__version__}")
         raise typer.Exit()
@@ -110,8 +110,8 @@ def _request(
     extra: list[str] | None, input_shape: Optional[str],
 ):
     """(spec, checked options, input shape or None) from the options translate and verify share."""
-    from .options import check_input_shape, check_options
-    from .plugins import get_spec
+    from .conversion.options import check_input_shape, check_options
+    from .plugin_system.registry import get_spec
 
     spec = get_spec(model)
     options = check_options(spec, _options(include_top, pooling, classes, activation, extra))
@@ -134,7 +134,7 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """List the available models."""
-    from .plugins import list_models, registry
+    from .plugin_system.registry import list_models, registry
 
     reg = registry()
     specs = [reg.models[name] for name in list_models(pattern)]
@@ -172,7 +172,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Show one model: its Keras reference, options and defaults, weight sets, preprocessing."""
-    from .plugins import get_spec
+    from .plugin_system.registry import get_spec
 
     spec = get_spec(model)
     facts = {
@@ -218,7 +218,7 @@ def translate(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
-    from .io import VARIABLE_FILES, check_destination
+    from .storage.output import VARIABLE_FILES, check_destination
 
     spec, options, shape = _request(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
@@ -227,9 +227,9 @@ def translate(
         raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
     check_destination(output, force)
 
-    from .api import translate as run_translation
-    from .io import save
-    from .keras_ref import import_keras_quietly, translation_backend
+    from .conversion.translate import translate as run_translation
+    from .storage.output import save
+    from .conversion.keras_model import import_keras_quietly, translation_backend
 
     # Keras 3 models are built on Keras' JAX backend unless KERAS_BACKEND says otherwise: no
     # TensorFlow import, less time and memory, the same weights (kjax verify stays on TensorFlow).
@@ -286,7 +286,7 @@ def verify(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
     from . import parity
-    from .keras_ref import import_keras_quietly
+    from .conversion.keras_model import import_keras_quietly
 
     import_keras_quietly()
     randomised = weights.strip().lower() == "random"
@@ -334,7 +334,7 @@ def verify(
 @app.command()
 def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """Show which plugins loaded, from where, with which hooks; and which failed and why."""
-    from .plugins import registry
+    from .plugin_system.registry import registry
 
     reg = registry()
     models: dict[str, int] = {}
@@ -364,7 +364,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON for s
 @app.command()
 def check(path: Path = typer.Argument(..., help="An output directory of `kjax translate`.")) -> None:
     """Check an output directory's integrity against its manifest."""
-    from .io import verify as verify_output
+    from .storage.output import verify as verify_output
 
     config = verify_output(path)
     out.print(f"{path}: ok ({config['model']}, {config['format']}, weights={config.get('weights')})")
@@ -374,9 +374,9 @@ def check(path: Path = typer.Argument(..., help="An output directory of `kjax tr
 
 
 def _leaves(tree: Any):
-    from .translator import flatten
+    from flax import traverse_util
 
-    return flatten(tree)
+    return traverse_util.flatten_dict(tree).items()
 
 
 class _progress:

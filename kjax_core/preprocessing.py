@@ -34,7 +34,7 @@ def apply_mode(mode: str, images):
 
 def preprocess_input(name: str, images):
     """What ``keras.applications.<family>.preprocess_input`` does for model ``name``."""
-    from .plugins import get_spec
+    from .plugin_system.registry import get_spec
 
     return apply_mode(get_spec(name).preprocessing, images)
 

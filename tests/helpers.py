@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kjax_core.translator import flatten
+from flax.traverse_util import flatten_dict
 
 
 def run_cli(args, capsys):
@@ -18,7 +18,7 @@ def run_cli(args, capsys):
 
 
 def leaves(tree):
-    return [np.asarray(v) for _, v in flatten(tree)]
+    return [np.asarray(v) for _, v in flatten_dict(tree).items()]
 
 
 def save_legacy_h5(keras_model, path):
@@ -40,7 +40,7 @@ def show(reports):
 
 def assert_same_variables(actual, expected):
     """Two variable trees hold the same paths and bit-identical arrays."""
-    got, want = dict(flatten(actual)), dict(flatten(expected))
+    got, want = flatten_dict(actual), flatten_dict(expected)
     assert got.keys() == want.keys()
     for path, value in want.items():
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg="/".join(path))

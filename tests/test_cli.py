@@ -157,9 +157,9 @@ def test_output_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
     if os.geteuid() == 0:  # root may write anywhere: let the folder say no as it would to a user
-        import kjax_core.io
+        import kjax_core.storage.output
 
-        monkeypatch.setattr(kjax_core.io.os, "access", lambda path, mode: Path(path) != ro)
+        monkeypatch.setattr(kjax_core.storage.output.os, "access", lambda path, mode: Path(path) != ro)
     code, _, err = run_cli(["translate", "resnet50", "-o", ro / "out", "-w", "none"], capsys)
     one_line_error(code, err, 1)
     assert f"cannot write to {ro}: permission denied" in err
@@ -181,15 +181,15 @@ def test_force_replaces_and_formats(written, tmp_path, capsys):
 
 
 def test_safetensors_and_msgpack_hold_the_same(tmp_path):
-    from kjax_core.translator import flatten
+    from flax.traverse_util import flatten_dict
 
     translation = kjax_core.translate("resnet50", None, include_top=False)
-    original = dict(flatten(translation.variables))
+    original = flatten_dict(translation.variables)
     assert len(original) == 318
     for fmt in ("msgpack", "safetensors"):
         kjax_core.save(translation, tmp_path / fmt, fmt=fmt)
         _, variables = kjax_core.load(tmp_path / fmt)
-        loaded = dict(flatten(variables))
+        loaded = flatten_dict(variables)
         assert loaded.keys() == original.keys()
         assert all(np.array_equal(loaded[path], original[path]) for path in original)
 
@@ -320,7 +320,7 @@ def test_translate_on_the_jax_backend_gives_the_same_variables(tmp_path):
     import numpy as np
 
     import kjax_core
-    from kjax_core.translator import flatten
+    from flax.traverse_util import flatten_dict
 
     translation = kjax_core.translate("resnet50", None, include_top=False, input_shape=(64, 64, 3))
     weights = tmp_path / "r50.weights.h5"
@@ -337,6 +337,6 @@ def test_translate_on_the_jax_backend_gives_the_same_variables(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["jax", "False"]
     _, variables = kjax_core.load(tmp_path / "out")
-    ours = dict(flatten(variables))
-    for path, value in flatten(translation.variables):
+    ours = flatten_dict(variables)
+    for path, value in flatten_dict(translation.variables).items():
         np.testing.assert_array_equal(np.asarray(ours[path]), np.asarray(value))

@@ -16,7 +16,7 @@ TensorFlow) and every equation is walked, sub-jaxprs included (pjit, custom_jvp/
      upcast to float32 (sums over a batch need more than bfloat16's 8 bits; Flax does the same),
      and per-channel statistics (moving averages, ``rsqrt(var + eps) * gamma``, Normalization's
      ``max(sqrt(var), eps)``) stay float32, cast to bfloat16 only where they meet the activations.
-     Allowed only inside the helpers of ``kjax_core/nn.py`` that do this (:data:`STATISTICS`);
+     Allowed only inside the helpers of ``kjax_core/nn/normalization.py`` that do this (:data:`STATISTICS`);
      the normalisation of the activations itself is bfloat16.
   2. *JAX's reductions*: ``jnp.sum`` / ``jnp.mean`` of bfloat16 accumulate in float32 and round the
      result back (JAX's own choice). This covers global average pooling, squeeze-excitation and
@@ -149,8 +149,8 @@ def foreign_dtypes(jaxpr: Any, expected: Any, *, everything: bool) -> list[Offen
 
 # ------------------------------------------------------------------- the bfloat16 exceptions
 
-NN_FILE = "kjax_core/nn.py"
-# kjax_core/nn.py's helpers that keep statistics in (at least) float32: exception 1.
+NN_FILE = "kjax_core/nn/normalization.py"
+# kjax_core/nn/normalization.py's helpers that keep statistics in (at least) float32: exception 1.
 STATISTICS = ("batch_moments", "moving_average", "batch_norm_multiplier", "normalization_std")
 
 

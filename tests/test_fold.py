@@ -1,4 +1,4 @@
-"""BatchNorm folding (kjax_core.fold) and the fast inference path (kjax_core.predictor).
+"""BatchNorm folding (kjax_core.inference.fold) and the fast inference path (kjax_core.predictor).
 
 Folding must be exact: every family is folded in float64 and judged against Keras' float64 twin on
 randomised, calibrated weights (kjax_core.parity: within 1e-9), the float32 fold no further from it
@@ -15,7 +15,7 @@ import pytest
 from flax import linen as nn
 
 import kjax_core
-from kjax_core.fold import FoldedModel, find_folds, fold_batch_norm
+from kjax_core.inference.fold import FoldedModel, find_folds, fold_batch_norm
 from kjax_core.parity import (
     FLOAT32_FACTOR, FLOAT64_TOLERANCE, MIN_SENSITIVITY, float64_module, float64_variables,
     keras_float64, reference_model, relative_error, sample_images,
@@ -135,7 +135,7 @@ def test_predictor_float32_options(name):
     """kjax_core.predictor in float32 matches Keras with its default compiler options (on CPU:
     Eigen convolutions, YNNPACK matrix products) and with XLA's own defaults (``{}``): no
     further from Keras' float64 twin than twice Keras' own float32 model."""
-    from kjax_core.inference import EIGEN_CONVOLUTIONS
+    from kjax_core.inference.predictor import EIGEN_CONVOLUTIONS
 
     size = {family[0]: family[1] for family in FAMILIES}[name]
     translation, keras_model = _reference(name, size)

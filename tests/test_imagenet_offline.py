@@ -10,7 +10,7 @@ import pytest
 
 import kjax_core
 from keras.src.utils import file_utils
-from kjax_core.io import sha256_file
+from kjax_core.storage.output import sha256_file
 from kjax_core.parity import compare, reference_model, relative_error, sample_images
 from kjax_core.preprocessing import apply_mode
 

@@ -12,7 +12,7 @@ import pytest
 
 import kjax_core
 from kjax_core.parity import assert_parity, compare, reference_model, sample_images
-from kjax_core.translator import iter_keras_layers
+from kjax_core.conversion.keras_layers import iter_keras_layers
 
 from helpers import save_legacy_h5, show
 from kjax_inceptionv3 import creation_order

@@ -13,7 +13,7 @@ The comparison is shown able to fail, twice over:
 - in every case (:func:`check`), the output of another input, and the output with any one
   translated leaf changed (each element scaled by a random factor around 1), are far outside the
   tolerance: every leaf the rule produces reaches the compared output;
-- for every built-in rule (:data:`SABOTAGES`, checked to cover ``kjax_core.layers.BUILTIN_RULES``),
+- for every built-in rule (:data:`SABOTAGES`, checked to cover ``kjax_core.conversion.layer_rules.BUILTIN_RULES``),
   a deliberately wrong conversion that keeps every shape (a flipped or transposed kernel, swapped
   statistics, gamma and beta swapped, the depthwise multiplier axes swapped) makes this same parity
   assertion fail, by orders of magnitude, in both precisions.
@@ -33,16 +33,13 @@ import keras
 import tf_keras
 from kjax_core import LayerRule
 from kjax_core import nn as knn
-from kjax_core.layers import BUILTIN_RULES
+from kjax_core.conversion.layer_rules import BUILTIN_RULES
 from kjax_core.parity import randomize, relative_error
-from kjax_core.plugins import registry
-from kjax_core.translator import (
-    assemble,
-    convert_keras_layers,
-    default_match,
-    flax_modules,
-    trace_flax,
-)
+from kjax_core.plugin_system.registry import registry
+from kjax_core.conversion.assembly import assemble
+from kjax_core.conversion.flax_side import flax_modules, trace_flax
+from kjax_core.conversion.keras_layers import convert_keras_layers
+from kjax_core.conversion.matching import default_match
 
 SHAPE = (9, 7, 6)  # odd, non-square, more than one channel
 PRECISIONS = ("float64", "float32")

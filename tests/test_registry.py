@@ -8,9 +8,9 @@ from importlib import metadata
 import pytest
 
 from kjax_core import PluginError, UnknownModelError, get_spec, list_models
-from kjax_core import plugins
+from kjax_core.plugin_system import registry as plugins
 from kjax_core.nn import ACTIVATIONS
-from kjax_core.options import CLASSIFIER_ACTIVATIONS
+from kjax_core.conversion.options import CLASSIFIER_ACTIVATIONS
 
 from helpers import run_cli
 

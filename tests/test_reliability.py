@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kjax_core.io import verify
+from kjax_core.storage.output import verify
 
 from helpers import run_cli
 
@@ -23,7 +23,7 @@ KILL_AT_STEP = textwrap.dedent("""
     import os, shutil, signal, sys
     from types import SimpleNamespace
     from flax import serialization
-    import kjax_core.io as kio
+    import kjax_core.storage.output as kio
     from kjax_core import get_spec
 
     source, out, step, force, fmt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
@@ -62,7 +62,8 @@ KILL_AT_STEP = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A real output (resnet50 without top at a small size) to write again and again."""
-    from kjax_core import api, io
+    from kjax_core.conversion import translate as api
+    from kjax_core.storage import output as io
 
     path = tmp_path_factory.mktemp("source") / "resnet50"
     io.save(api.translate("resnet50", None, include_top=False, input_shape=(64, 64, 3)), path)
@@ -141,7 +142,7 @@ def weight_files(tmp_path_factory):
     """Keras weights files of resnet50 (with top), of resnet50 without top, of resnet50 with 10
     classes and of resnet101, to hand to the wrong model or variant."""
     from kjax_core import get_spec
-    from kjax_core.keras_ref import build_keras_model
+    from kjax_core.conversion.keras_model import build_keras_model
 
     folder = tmp_path_factory.mktemp("weights")
     files = {}
@@ -180,7 +181,7 @@ def test_keras_files_are_read_for_weights_only(tmp_path, monkeypatch, capsys):
     import keras
 
     from kjax_core import get_spec
-    from kjax_core.keras_ref import build_keras_model
+    from kjax_core.conversion.keras_model import build_keras_model
 
     spec = get_spec("resnet50")
     model = build_keras_model(spec, {**spec.default_options(), "include_top": False}, None, (64, 64, 3)).model
@@ -200,7 +201,7 @@ def test_keras_files_are_read_for_weights_only(tmp_path, monkeypatch, capsys):
 def test_no_pickle_anywhere():
     """Outputs are JSON + msgpack/safetensors; nothing in kjax unpickles."""
     root = Path(__file__).resolve().parent.parent
-    for path in [*root.glob("kjax_core/*.py"), *root.glob("plugins/*/*.py")]:
+    for path in [*root.glob("kjax_core/**/*.py"), *root.glob("plugins/*/*.py")]:
         text = path.read_text()
         for marker in ("import pickle", "allow_pickle=True", "safe_mode=False", "cloudpickle", "dill"):
             assert marker not in text, f"{path.name} uses {marker}"

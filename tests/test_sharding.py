@@ -1,4 +1,4 @@
-"""Data parallelism over the local devices (kjax_core.sharding, kjax_core.predictor(devices=...)):
+"""Data parallelism over the local devices (kjax_core.inference.sharding, kjax_core.predictor(devices=...)):
 batch split across the devices, variables replicated, the same outputs as on one device.
 
 JAX fixes its device count when it starts, so the check runs in a fresh process that sees four CPU
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     import kjax_core
     from kjax_core.parity import relative_error
-    from kjax_core.sharding import batch_mesh, replicate, shard_batch
+    from kjax_core.inference.sharding import batch_mesh, replicate, shard_batch
 
     assert jax.local_device_count() == 4, jax.devices()
     module = kjax_core.create_model("resnet50", include_top=False, pooling="avg")
@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
     variables = jax.tree_util.tree_map_with_path(draw, shapes)
     one = np.asarray(jax.jit(module.apply)(variables, x))
 
-    # by hand, as the kjax_core.sharding docstring shows
+    # by hand, as the kjax_core.inference.sharding docstring shows
     mesh = batch_mesh()
     replicated = replicate(variables, mesh)
     xs, n = shard_batch(x, mesh)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kjax_core
-from kjax_core import plugins
+from kjax_core.plugin_system import registry as plugins
 from kjax_core.parity import assert_parity, reference_model, relative_error, sample_images
 
 from helpers import run_cli

@@ -9,14 +9,11 @@ from keras import layers
 from kjax_core import LayerRule, WeightsError
 from kjax_core import nn as knn
 from kjax_core.parity import randomize, relative_error
-from kjax_core.plugins import registry
-from kjax_core.translator import (
-    assemble,
-    convert_keras_layers,
-    default_match,
-    flax_modules,
-    trace_flax,
-)
+from kjax_core.plugin_system.registry import registry
+from kjax_core.conversion.assembly import assemble
+from kjax_core.conversion.flax_side import flax_modules, trace_flax
+from kjax_core.conversion.keras_layers import convert_keras_layers
+from kjax_core.conversion.matching import default_match
 
 SHAPE = (11, 9, 3)
 
@@ -149,7 +146,7 @@ class _Matcher:
 
 def test_a_plugin_can_decide_the_matching():
     from kjax_core import hookimpl
-    from kjax_core.translator import translate_keras_model
+    from kjax_core.conversion.translate import translate_keras_model
 
     plugin = type("Matcher", (), {
         "kjax_match_layers": staticmethod(hookimpl(_Matcher.kjax_match_layers))})()

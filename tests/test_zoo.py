@@ -15,7 +15,7 @@ import pytest
 
 import kjax_core
 from kjax_core.parity import assert_parity, compare, reference_model, sample_images
-from kjax_core.translator import iter_keras_layers, short_name
+from kjax_core.conversion.keras_layers import iter_keras_layers, short_name
 
 from helpers import leaves
 

@@ -40,7 +40,7 @@ def kjax_match_layers(model, keras_layers, flax_modules):
     rest (``predictions`` by name; then order within each kind, counts checked)."""
     if model != "inceptionv3":
         return None
-    from kjax_core.translator import default_match
+    from kjax_core.conversion.matching import default_match
 
     ordered = sorted(keras_layers, key=lambda layer: creation_order(layer.name))
     return default_match(ordered, flax_modules)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .nn import ShapeCheckedParams, kernel_and_bias
+from .layers import ShapeCheckedParams, conv, kernel_and_bias
 
 Dtype = Any
 
@@ -99,3 +99,56 @@ class DepthwiseConv(ShapeCheckedParams, nn.Module):
         x, kernel, bias = kernel_and_bias(self, x, (*self.kernel_size, 1, features))
         y = depthwise_shift_add(x, kernel, self.strides, self.padding)
         return y + bias if bias is not None else y
+
+
+def depthwise_conv(
+    x: jax.Array,
+    kernel_size: int | Sequence[int],
+    *,
+    name: str,
+    strides: int = 1,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    depth_multiplier: int = 1,
+    use_bias: bool = True,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """Keras DepthwiseConv2D. Its variables are those of a Flax grouped convolution (kernel
+    (kh, kw, 1, C * depth_multiplier), one group per input channel); it is computed as a sum of
+    shifted copies of the input (:class:`kjax_core.nn.depthwise.DepthwiseConv`), which XLA:CPU runs
+    about 20 times faster than a grouped convolution, with the same result to float32 rounding."""
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    return DepthwiseConv(
+        tuple(kernel_size),
+        strides=(strides, strides),
+        padding=padding.upper() if isinstance(padding, str) else padding,
+        depth_multiplier=depth_multiplier,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )(x)
+
+
+class SeparableConv2D(nn.Module):
+    """Keras SeparableConv2D: depthwise conv (no bias) then 1x1 pointwise conv (with the bias)."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int = 1
+    padding: str = "VALID"
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = depthwise_conv(
+            x, self.kernel_size, name="depthwise", strides=self.strides, padding=self.padding,
+            depth_multiplier=self.depth_multiplier, use_bias=False, **kw,
+        )
+        return conv(x, self.features, 1, name="pointwise", use_bias=self.use_bias, **kw)
+

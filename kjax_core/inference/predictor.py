@@ -5,7 +5,7 @@ options for this model's compilation only.
 Where the time goes, measured on a 2-core Xeon (Sapphire Rapids), jax 0.10.2, float32
 (benchmarks/README.md): convolutions are almost all of a step. The two big costs kjax removed are
 in the model itself, so a plain ``jax.jit(module.apply)`` gets them too: depthwise convolutions as
-shifted sums (:mod:`kjax_core.depthwise`; XLA:CPU's grouped convolution did ~1 GFLOP/s) and 1x1
+shifted sums (:mod:`kjax_core.nn.depthwise`; XLA:CPU's grouped convolution did ~1 GFLOP/s) and 1x1
 convolutions as matrix products (:class:`kjax_core.nn.PointwiseConv`). Folding BatchNorm then
 removes the normalisation's elementwise work and statistics (a few percent on CPU).
 """
@@ -107,12 +107,12 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
     keyword-only (an unknown one is a TypeError):
 
     :param fold_bn: fold each BatchNorm that follows a convolution into it
-        (:func:`kjax_core.fold.fold_batch_norm`); exact to float32 rounding, inference only.
+        (:func:`kjax_core.inference.fold.fold_batch_norm`); exact to float32 rounding, inference only.
     :param dtype: compute dtype, e.g. ``jnp.bfloat16`` (parameters are cast to it; BatchNorm
         statistics that are not folded stay float32). See benchmarks/README.md for its accuracy
         cost; on CPUs without fast bfloat16 convolutions it is slower than float32.
     :param devices: None for the default device; ``"all"`` or a list of devices to split each
-        batch across them, variables replicated (:mod:`kjax_core.sharding`); any batch size.
+        batch across them, variables replicated (:mod:`kjax_core.inference.sharding`); any batch size.
     :param xla_options: XLA compiler options for this model's compilation only (nothing else in
         the process changes); None for :func:`default_xla_options` (Eigen convolutions on CPU),
         ``{}`` for XLA's own defaults.

@@ -27,8 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptFileError, OutputError, WeightsError
-from .translator import flatten, unflatten
+from ..errors import CorruptFileError, OutputError, WeightsError
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -100,7 +99,7 @@ def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
 def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> str:
     filename = VARIABLE_FILES[fmt]
     if fmt == "msgpack":
-        from .streaming import write_msgpack
+        from .msgpack_stream import write_msgpack
 
         # Flax's msgpack bytes, written one array at a time (msgpack_serialize holds the whole
         # file plus copies: +540 MB for EfficientNetB7).
@@ -108,9 +107,11 @@ def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> st
             write_msgpack(variables, handle)
     else:
         import numpy as np
+        from flax import traverse_util
         from safetensors.numpy import save_file
 
-        tensors = {"/".join(path): np.ascontiguousarray(v) for path, v in flatten(variables)}
+        tensors = {name: np.ascontiguousarray(v)
+                   for name, v in traverse_util.flatten_dict(variables, sep="/").items()}
         save_file(tensors, str(directory / filename), metadata={"format": "kjax"})
     return filename
 
@@ -121,15 +122,16 @@ def _read_variables(path: Path, fmt: str) -> dict[str, Any]:
             from flax import serialization
 
             return serialization.msgpack_restore(path.read_bytes())
+        from flax import traverse_util
         from safetensors.numpy import load_file
 
-        return unflatten((tuple(k.split("/")), v) for k, v in load_file(str(path)).items())
+        return traverse_util.unflatten_dict(load_file(str(path)), sep="/")
     except Exception as error:
         raise CorruptFileError(f"cannot read {path}: {error}") from None
 
 
 def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bool = False) -> Path:
-    """Write ``translation`` (a :class:`kjax_core.api.Translation`) to the directory ``out``."""
+    """Write ``translation`` (a :class:`kjax_core.conversion.translate.Translation`) to the directory ``out``."""
     if fmt not in VARIABLE_FILES:
         raise OutputError(f"unknown format {fmt!r}; choose one of {', '.join(VARIABLE_FILES)}")
     out = check_destination(out, force)
@@ -299,8 +301,10 @@ def load(path: str | os.PathLike):
     import jax
     import jax.numpy as jnp
 
-    from .api import create_model
-    from .translator import flax_target
+    from flax import traverse_util
+
+    from ..conversion.flax_side import flax_target
+    from ..conversion.translate import create_model
 
     config = verify(path)
     if config.get("kjax_format") != FORMAT_VERSION:
@@ -308,8 +312,8 @@ def load(path: str | os.PathLike):
     module = create_model(config["model"], weights=config.get("weights"), **config["options"])
     stored = _read_variables(Path(path) / config["variables_file"], config["format"])
     target = flax_target(module, config["input_shape"])
-    expected = {p: leaf for p, leaf in flatten(target)}
-    got = {p: v for p, v in flatten(stored)}
+    expected = traverse_util.flatten_dict(target)
+    got = traverse_util.flatten_dict(stored)
     missing = sorted("/".join(p) for p in expected.keys() - got.keys())
     extra = sorted("/".join(p) for p in got.keys() - expected.keys())
     shapes = sorted(

@@ -1,6 +1,6 @@
 """Built-in layer rules: how the weights of common Keras layers become Flax leaves.
 
-Each rule takes a Keras layer and a :class:`~kjax_core.translator.WeightBag` and returns the variable
+Each rule takes a Keras layer and a :class:`~kjax_core.plugin_system.types.WeightBag` and returns the variable
 subtree of the Flax twin named in its docstring. Aliases cover Keras 3 / tf_keras naming differences.
 """
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .spec import LayerRule
+from ..plugin_system.types import LayerRule
 
 if TYPE_CHECKING:  # the rules are registered by `kjax list` too, which must not import numpy
     import numpy as np
 
-    from .translator import WeightBag
+    from ..plugin_system.types import WeightBag
 
 
 def _with_bias(params: dict, weights: WeightBag) -> dict:

@@ -5,7 +5,7 @@ The short way is :func:`kjax_core.predictor` with ``devices="all"``. By hand, fo
 your own::
 
     import jax
-    from kjax_core.sharding import batch_mesh, replicate, shard_batch
+    from kjax_core.inference.sharding import batch_mesh, replicate, shard_batch
 
     mesh = batch_mesh()                       # all local devices, one mesh axis named "batch"
     variables = replicate(variables, mesh)    # one full copy per device

@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .errors import OptionError
-from .spec import ModelSpec
+from ..errors import OptionError
+from ..plugin_system.types import ModelSpec
 
 POOLING = (None, "avg", "max")
 # Activations the Flax classifier head implements (kjax_core.nn.ACTIVATIONS; a test keeps them equal).

@@ -1,15 +1,29 @@
-"""The library's main entry points: create a Flax model, translate Keras weights into it."""
+"""The translation's one straight line: a model name and weights -> the Keras model -> its layers
+through their rules -> matched to the Flax twin's modules -> the strict assembly.
+
+1. walk the Keras layers in model order; each weight-carrying layer's weights go through the layer
+   rule of its class and become a small variable subtree (:mod:`.keras_layers`);
+2. ``jax.eval_shape(module.init)`` gives the Flax target tree and call order at no cost
+   (:mod:`.flax_side`);
+3. the model's matcher decides which Keras layer feeds which Flax module path (:mod:`.matching`);
+4. the strict check: every Keras weight used exactly once, every Flax leaf filled exactly once, with
+   equal shapes; anything else fails with one error naming all that did not match (:mod:`.assembly`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from .keras_ref import KerasReference, build_keras_model, numpy_initializers, prepare_environment
-from .keras_ref import translation_backend
+from ..plugin_system.registry import get_spec, registry
+from ..plugin_system.types import ModelSpec, Path, Tree
+from ..errors import PluginError
+from .assembly import assemble
+from .flax_side import flax_modules, trace_flax
+from .keras_layers import convert_keras_layers, iter_keras_layers
+from .keras_model import KerasReference, build_keras_model, numpy_initializers, prepare_environment
+from .keras_model import translation_backend
 from .options import check_input_shape, check_options
-from .plugins import get_spec
-from .spec import ModelSpec
 
 # progress(event, done, total): events are "build" (Keras model, total None) and "layer".
 Progress = Callable[[str, int, "int | None"], None]
@@ -77,7 +91,7 @@ def translate(
         instead of building one (the parity harness passes randomised models).
 
     When Keras is not imported yet and KERAS_BACKEND is not set, Keras 3 models are built on the
-    JAX backend (:func:`kjax_core.keras_ref.translation_backend`): no TensorFlow import, less time
+    JAX backend (:func:`kjax_core.conversion.keras_model.translation_backend`): no TensorFlow import, less time
     and memory, the same weights. Import Keras first (or set KERAS_BACKEND) to choose otherwise.
     """
     spec = get_spec(name)
@@ -92,8 +106,6 @@ def translate(
             reference = build_keras_model(spec, options, weights, input_shape)
     else:
         reference = KerasReference(keras_model, weights, None)
-    from .translator import iter_keras_layers, translate_keras_model
-
     module = _module(spec, options, weights=weights)
     total = sum(1 for layer in iter_keras_layers(reference.model) if layer.weights)
     done = 0
@@ -109,3 +121,44 @@ def translate(
                   for d, s in zip(reference.model.inputs[0].shape[1:], spec.input_size))
     variables = translate_keras_model(spec.name, reference.model, module, shape, step)
     return Translation(spec, options, shape, module, variables, reference)
+
+
+def translate_keras_model(
+    model_name: str,
+    keras_model: Any,
+    module: Any,
+    input_shape: Sequence[int],
+    progress: Callable[[str], None] | None = None,
+) -> Tree:
+    """Translate a built Keras model into the variables of ``module``.
+
+    :param model_name: registry name, passed to the ``kjax_match_layers`` hook.
+    :param keras_model: a Keras 3 or tf_keras model holding the weights.
+    :param module: the Flax twin (a ``flax.linen.Module``).
+    :param input_shape: (H, W, C) of one image, to trace the module's variable shapes.
+    :param progress: called with each Keras layer name once it is converted.
+    :returns: ``{"params": ..., "batch_stats": ...}`` as nested dicts of numpy arrays.
+    """
+    reg = registry()
+    layers = convert_keras_layers(keras_model, reg.rules, progress)
+    target, call_order = trace_flax(module, input_shape)
+    modules = flax_modules(target, call_order)
+    assignment = match_layers(reg.manager, model_name, layers, modules)
+    return assemble(model_name, layers, target, assignment)
+
+
+def match_layers(manager: Any, model_name: str, layers: Any, modules: Any) -> dict[str, Path]:
+    """The ``kjax_match_layers`` hook, first answer wins, each plugin's failure named."""
+    kwargs = {"model": model_name, "keras_layers": layers, "flax_modules": modules}
+    for impl in reversed(manager.hook.kjax_match_layers.get_hookimpls()):  # pluggy's call order
+        try:
+            answer = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if answer is None:
+                continue
+            return {str(name): tuple(path) for name, path in dict(answer).items()}
+        except Exception as error:
+            raise PluginError(
+                f"plugin '{impl.plugin_name}' failed to match layers for {model_name}: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+    return {}

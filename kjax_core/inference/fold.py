@@ -156,8 +156,7 @@ def find_folds(
     from flax import linen as nn
     from jax.extend.core import Literal
 
-    from .depthwise import DepthwiseConv
-    from .nn import PointwiseConv
+    from ..nn import DepthwiseConv, PointwiseConv
 
     # kernels whose last axis is the output channel
     linear = (nn.Conv, nn.Dense, DepthwiseConv, PointwiseConv)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CorruptFileError, OptionError, WeightsError
-from .spec import ModelSpec
+from ..errors import CorruptFileError, OptionError, WeightsError
+from ..plugin_system.types import ModelSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"

@@ -1,15 +1,25 @@
-"""What plugins register: model specs and layer rules.
+"""What plugins register (model specs, layer rules) and what their hooks receive (a layer's weights,
+the Keras layers and Flax modules to match).
 
-Both are plain frozen dataclasses that import nothing heavy, so that `kjax list` can show every model
-without importing TensorFlow, Keras, JAX or Flax. Code is referenced by ``"module:attribute"`` strings
-and imported only when a model is built or translated.
+Plain dataclasses that import nothing heavy, so that `kjax list` can show every model without
+importing TensorFlow, Keras, JAX or Flax. Code is referenced by ``"module:attribute"`` strings and
+imported only when a model is built or translated.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from ..errors import PluginError, WeightsError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Tree = dict[str, Any]
+Path = tuple[str, ...]
+Signature = frozenset  # of (collection, relative leaf path, rank)
 
 # Options every Keras Applications constructor takes and every kjax Flax module mirrors.
 COMMON_OPTIONS: Mapping[str, Any] = {
@@ -78,8 +88,6 @@ class ModelSpec:
 
     def load(self, ref: str) -> Any:
         """Import one of this spec's ``"module:attr"`` references, naming the plugin on failure."""
-        from .errors import PluginError
-
         try:
             return resolve(ref)
         except (ImportError, AttributeError) as error:
@@ -103,7 +111,7 @@ class LayerRule:
             subclass may lay out the same weights differently (tf_keras' Conv2DTranspose is a
             Conv2D), so each class needs a rule of its own.
         convert: ``convert(layer, weights) -> {collection: {leaf: array}}`` where ``weights`` is a
-            :class:`kjax_core.translator.WeightBag` (take each Keras weight out of it by its short
+            :class:`kjax_core.plugin_system.types.WeightBag` (take each Keras weight out of it by its short
             name; whatever is left unused makes the translation fail) and the result is the variable
             subtree of the Flax submodule fed by this layer, e.g.
             ``{"params": {"kernel": k, "bias": b}}``. Leaves are numpy arrays; nested dicts are
@@ -113,3 +121,61 @@ class LayerRule:
     keras_class: str
     convert: Callable[[Any, Any], dict[str, dict[str, Any]]]
     plugin: str = ""
+
+
+class WeightBag:
+    """The weights of one Keras layer, by short name; a rule takes each one out exactly once."""
+
+    def __init__(self, layer_name: str, arrays: Mapping[str, np.ndarray]):
+        self.layer_name = layer_name
+        self._arrays = dict(arrays)
+
+    def take(self, *names: str) -> np.ndarray:
+        """Remove and return the weight known by the first of ``names`` present (aliases cover
+        Keras 3 / tf_keras naming differences)."""
+        for name in names:
+            if name in self._arrays:
+                return self._arrays.pop(name)
+        raise WeightsError(
+            f"layer '{self.layer_name}' has no weight {' or '.join(names)} "
+            f"(it has: {', '.join(self._arrays) or 'nothing left'})"
+        )
+
+    def take_optional(self, *names: str) -> np.ndarray | None:
+        """Like :meth:`take`, but None when the layer has none of ``names``."""
+        return self.take(*names) if any(n in self._arrays for n in names) else None
+
+    def discard(self, name: str) -> None:
+        """Mark a weight as deliberately not needed by the Flax twin (e.g. a sample count)."""
+        self.take(name)
+
+    def leftover(self) -> list[str]:
+        return list(self._arrays)
+
+
+@dataclass
+class KerasLayerInfo:
+    """One weight-carrying Keras layer, converted by its rule."""
+
+    name: str
+    class_name: str
+    variables: Tree  # {collection: nested dict of numpy arrays}, relative to the Flax module
+    signature: Signature = field(default=frozenset())
+
+
+@dataclass
+class FlaxModuleInfo:
+    """One Flax module path and the variables under it (its own and its submodules')."""
+
+    path: Path
+    shapes: dict[tuple[str, Path], tuple[int, ...]]  # (collection, relative leaf path) -> shape
+    signature: Signature = field(default=frozenset())
+
+    @property
+    def canonical_name(self) -> str:
+        return "_".join(self.path)
+
+
+def signature(leaves: Iterable[tuple[str, Path, int]]) -> Signature:
+    """The kind of a layer or module: its (collection, relative leaf path, rank) triples."""
+    return frozenset(leaves)

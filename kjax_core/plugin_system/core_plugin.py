@@ -10,7 +10,7 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def kjax_register_layer_rules(register):
-    from .layers import BUILTIN_RULES
+    from ..conversion.layer_rules import BUILTIN_RULES
 
     for rule in BUILTIN_RULES:
         register(rule)
@@ -18,6 +18,6 @@ def kjax_register_layer_rules(register):
 
 @hookimpl(trylast=True)
 def kjax_match_layers(model, keras_layers, flax_modules):
-    from .translator import default_match
+    from ..conversion.matching import default_match
 
     return default_match(keras_layers, flax_modules)

@@ -23,8 +23,9 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, UnknownModelError
-from .spec import LayerRule, ModelSpec
+from ..errors import PluginError, UnknownModelError
+from ..version import __version__
+from .types import LayerRule, ModelSpec
 
 ENTRY_POINT_GROUP = "kjax"
 CORE_PLUGIN = "kjax_core"
@@ -145,14 +146,12 @@ def _admit(
 
 def build_registry() -> Registry:
     """Load the plugins and collect what they register. Prefer :func:`registry` (cached)."""
-    from . import builtin
+    from . import core_plugin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(builtin, name=CORE_PLUGIN)
-    from . import __version__
-
-    infos = [PluginInfo(CORE_PLUGIN, "kjax", __version__, builtin.__name__)]
+    pm.register(core_plugin, name=CORE_PLUGIN)
+    infos = [PluginInfo(CORE_PLUGIN, "kjax", __version__, core_plugin.__name__)]
     infos += _load_entry_points(pm)
 
     models: dict[str, ModelSpec] = {}

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import pluggy
 
 if TYPE_CHECKING:
-    from .spec import LayerRule, ModelSpec
-    from .translator import FlaxModuleInfo, KerasLayerInfo
+    from .types import FlaxModuleInfo, KerasLayerInfo, LayerRule, ModelSpec
 
 PROJECT = "kjax"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -73,6 +72,6 @@ def kjax_match_layers(
     filled once, shapes equal.
 
     :param model: the registry name of the model being translated.
-    :param keras_layers: :class:`kjax_core.translator.KerasLayerInfo` items.
-    :param flax_modules: :class:`kjax_core.translator.FlaxModuleInfo` items.
+    :param keras_layers: :class:`kjax_core.plugin_system.types.KerasLayerInfo` items.
+    :param flax_modules: :class:`kjax_core.plugin_system.types.FlaxModuleInfo` items.
     """
