@@ -3,7 +3,8 @@ layer rules translate, and the Keras behaviours a naive port gets wrong.
 
 Plugins use them as ``from kjax_core import nn as knn``; every name is re-exported here from:
 
-- :mod:`.layers`: activations, padding, pooling, Conv2D, Dense, 1x1 convolutions as products;
+- :mod:`.layers`: activations, padding, pooling, Conv, Dense, 1x1 convolutions as products;
+- :mod:`.convolution`: Keras Conv2D as one call that picks the fastest exact formulation;
 - :mod:`.depthwise`: DepthwiseConv2D as shifted sums, SeparableConv2D;
 - :mod:`.normalization`: BatchNormalization, Normalization and their statistics helpers;
 - :mod:`.blocks`: blocks the applications share (squeeze-excite, ...);
@@ -12,10 +13,11 @@ Plugins use them as ``from kjax_core import nn as knn``; every name is re-export
 
 from .application import Application, Block, classifier_head
 from .blocks import squeeze_excite
+from .convolution import conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
     ACTIVATIONS, Conv, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation, avg_pool,
-    conv, correct_pad, kernel_and_bias, max_pool, zero_pad,
+    correct_pad, kernel_and_bias, max_pool, zero_pad,
 )
 from .normalization import (
     BatchNorm, Normalization, batch_moments, batch_norm, batch_norm_multiplier, moving_average,

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import activation, conv
+from .convolution import conv
+from .layers import activation
 
 Dtype = Any
 

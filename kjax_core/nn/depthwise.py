@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ShapeCheckedParams, conv, kernel_and_bias
+from .layers import PointwiseConv, ShapeCheckedParams, kernel_and_bias
 
 Dtype = Any
 
@@ -150,5 +150,5 @@ class SeparableConv2D(nn.Module):
             x, self.kernel_size, name="depthwise", strides=self.strides, padding=self.padding,
             depth_multiplier=self.depth_multiplier, use_bias=False, **kw,
         )
-        return conv(x, self.features, 1, name="pointwise", use_bias=self.use_bias, **kw)
+        return PointwiseConv(self.features, use_bias=self.use_bias, name="pointwise", **kw)(x)
 
