@@ -25,6 +25,12 @@ def _resident_gb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
+def pytest_generate_tests(metafunc):
+    from family_suite import generate
+
+    generate(metafunc)
+
+
 @pytest.fixture(autouse=True)
 def _release_keras_models():
     """Keras keeps every model it built reachable from its global state (measured: +120 MB per

@@ -1,8 +1,8 @@
 """InceptionV3 beyond the contract every model keeps (tests/test_zoo.py).
 
 Its conv2d_bn layers are named automatically by Keras, so they are paired by creation order (the
-plugin's kjax_match_layers); the tests below also show that a pairing error between branches of the
-same shape could not pass.
+core's "creation_order" matcher, named by its spec); the tests below also show that a pairing error
+between branches of the same shape could not pass.
 """
 
 import copy
@@ -10,34 +10,30 @@ import copy
 import numpy as np
 import pytest
 
-import kjax_core
-from kjax_core.parity import assert_parity, compare, reference_model, sample_images
+from kjax_core.parity import compare, reference_model, sample_images
 from kjax_core.conversion.keras_layers import iter_keras_layers
+from kjax_core.conversion.matching import creation_index
 
-from helpers import save_legacy_h5, show
-from kjax_inceptionv3 import creation_order
+from family_suite import FamilySuite
 
 # Odd, non-square. 139x107 ends at 3x2 after mixed8 (so the 1x3 / 3x1 convolutions of mixed9 and
 # mixed10 see neighbours); 75 is Keras' minimum and 75x91 ends at 1x1; 123x107 ends at 2x2.
 SMALL_SIZES = [(139, 107), (75, 91)]
 
 
-def test_logits_default_size():
-    (report,) = show(assert_parity("inceptionv3", classifier_activation=None))
-    assert report.output_shape == (2, 1000)
-
-
-@pytest.mark.slow
-def test_feature_maps_one_keras_model_for_any_size():
-    reports = show(assert_parity("inceptionv3", include_top=False, sizes=SMALL_SIZES))
-    assert [r.output_shape for r in reports] == [(2, 3, 2, 2048), (2, 1, 1, 2048)]
-
-
-@pytest.mark.parametrize("pooling", ["avg", "max"])
-def test_pooling(pooling):
-    (report,) = show(assert_parity("inceptionv3", include_top=False, pooling=pooling,
-                                   sizes=[(123, 107)], float32=False))
-    assert report.output_shape == (2, 2048)
+class TestInceptionV3(FamilySuite):
+    representative = "inceptionv3"
+    variants = ("inceptionv3",)
+    small_sizes = SMALL_SIZES
+    feature_shapes = ((2, 3, 2, 2048), (2, 1, 1, 2048))
+    pooling_size = (123, 107)
+    channels = 2048
+    imagenet_files = {True: "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
+                      False: "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+    keras_preprocessing = "keras.applications.inception_v3"
+    test_logits_default_size_of_every_variant = None  # one variant
+    # Its BatchNorms carry Keras' per-process auto-names; the training pass is the contract's.
+    test_train_mode_matches_keras_training = None
 
 
 def test_batch_norm_without_scale():
@@ -50,9 +46,10 @@ def test_batch_norm_without_scale():
 
 
 def test_keras_lists_layers_by_depth_so_matching_uses_creation_order():
-    """Why the plugin matches layers itself: Keras lists the layers of a functional model by graph
-    depth (mixed0's deepest branch, branch3x3dbl, first), not in the order the source creates them,
-    which the Flax twin follows. The translation still pairs each Keras layer with its own unit."""
+    """Why the spec asks for the creation-order matcher: Keras lists the layers of a functional
+    model by graph depth (mixed0's deepest branch, branch3x3dbl, first), not in the order the source
+    creates them, which the Flax twin follows. The translation still pairs each Keras layer with its
+    own unit, with the counters offset (conv2d_7 .. conv2d_100: numeric order, not text order)."""
     import keras
 
     # Offset the per-process name counters, whatever ran before.
@@ -61,7 +58,7 @@ def test_keras_lists_layers_by_depth_so_matching_uses_creation_order():
     translation, keras_model = reference_model("inceptionv3", include_top=False,
                                                input_shape=(75, 75, 3), prepare=False)
     convs = [layer for layer in iter_keras_layers(keras_model) if type(layer).__name__ == "Conv2D"]
-    suffixes = [creation_order(layer.name) for layer in convs]
+    suffixes = [creation_index(layer.name, "Conv2D")[1] for layer in convs]
     assert suffixes != sorted(suffixes)
     first = min(suffixes)
     by_creation = {s - first: layer for s, layer in zip(suffixes, convs)}
@@ -103,35 +100,3 @@ def test_swapped_branches_of_equal_shape_fail(reference_139x107, block, a, b):
     report = compare(broken, keras_model, images, float32=False)
     print(f"{block} {a} <-> {b}: float64 error {report.error64:.2e}")
     assert report.error64 > 1e-3
-
-
-@pytest.mark.parametrize(
-    "include_top,fname",
-    [
-        (True, "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"),
-        (False, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    ],
-)
-def test_imagenet_offline(tmp_path, serve_weights, include_top, fname):
-    options = dict(include_top=include_top)
-    if include_top:
-        options["classifier_activation"] = None
-    source, keras_model = reference_model("inceptionv3", **options)
-    serve_weights[fname] = save_legacy_h5(keras_model, tmp_path / fname)
-
-    # Built again in this process: other layer names (conv2d_94 ...), loaded by layer order.
-    translation = kjax_core.translate("inceptionv3", "imagenet", **options)
-    assert serve_weights["_asked"] == [fname]
-    size = (299, 299) if include_top else (139, 107)
-    (report,) = show([compare(translation, keras_model, sample_images((2, *size, 3), 11),
-                              float32=False)])
-    assert report.ok, report.problems
-
-
-def test_preprocess_input_is_keras_tf_mode():
-    import keras
-
-    images = sample_images((2, 9, 7, 3), 1)
-    expected = keras.applications.inception_v3.preprocess_input(images.copy())
-    np.testing.assert_allclose(kjax_core.preprocess_input("inceptionv3", images), expected,
-                               rtol=1e-6)

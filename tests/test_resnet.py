@@ -2,50 +2,19 @@
 the default size, pooling, train mode, bfloat16 and Keras' preprocessing. The imagenet path is in
 tests/test_imagenet_offline.py."""
 
-import numpy as np
-import pytest
+from kjax_core.parity import reference_model
 
-from kjax_core.parity import assert_parity, assert_train_step, reference_model
-
-from helpers import show
-
-VARIANTS = ["resnet50", "resnet101", "resnet152"]
+from family_suite import FamilySuite
 
 
-def test_logits_default_size():
-    (report,) = show(assert_parity("resnet50", classifier_activation=None))
-    assert report.input_shape == (224, 224, 3) and report.output_shape == (2, 1000)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS[1:])
-def test_logits_default_size_deep_variants(name):
-    show(assert_parity(name, classifier_activation=None))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS)
-def test_feature_maps_one_keras_model_for_any_size(name):
-    reports = show(assert_parity(name, include_top=False, sizes=[(67, 45), (33, 97)]))
-    assert [r.output_shape for r in reports] == [(2, 3, 2, 2048), (2, 2, 4, 2048)]
-
-
-@pytest.mark.parametrize("pooling", ["avg", "max"])
-def test_pooling(pooling):
-    (report,) = show(assert_parity("resnet50", include_top=False, pooling=pooling,
-                                   sizes=[(75, 61)], float32=False))
-    assert report.output_shape == (2, 2048)
-
-
-def test_train_mode_matches_keras_training():
-    """train=True uses batch statistics and updates the moving ones as Keras' training=True does."""
-    from kjax_core.parity import sample_images
-    from kjax_core.preprocessing import apply_mode
-
-    translation, keras_model = reference_model("resnet50", include_top=False, input_shape=(None, None, 3),
-                                               calibration_shape=(64, 48))
-    x = apply_mode("caffe", sample_images((4, 64, 48, 3), 21))
-    assert_train_step(translation, keras_model, x, "conv3_block2_2_bn", ("conv3_block2", "2_bn"))
+class TestResNet(FamilySuite):
+    representative = "resnet50"
+    variants = ("resnet50", "resnet101", "resnet152")
+    feature_shapes = ((2, 3, 2, 2048), (2, 2, 4, 2048))
+    channels = 2048
+    train_batch_norm = ("conv3_block2_2_bn", ("conv3_block2", "2_bn"))
+    keras_preprocessing = "keras.applications.resnet"
+    test_imagenet_offline = None  # tests/test_imagenet_offline.py, through the CLI too
 
 
 def test_bfloat16_compute_stays_close():
@@ -66,14 +35,3 @@ def test_bfloat16_compute_stays_close():
     # This checks that dtype reaches the computation and stays sane, not bf16 accuracy.
     error = relative_error(out, translation.module.apply(translation.variables, x))
     assert 1e-3 < error < 0.5
-
-
-def test_preprocess_input_is_keras_caffe_mode():
-    import keras
-
-    import kjax_core
-    from kjax_core.parity import sample_images
-
-    images = sample_images((2, 9, 7, 3), 1)
-    expected = keras.applications.resnet.preprocess_input(images.copy())
-    np.testing.assert_allclose(kjax_core.preprocess_input("resnet50", images), expected, rtol=1e-6)
