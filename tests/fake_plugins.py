@@ -57,8 +57,18 @@ class Misspelled:
         register(ModelSpec("typo", "typo", "x:y", "x:y"))
 
 
+def own_resnet(name, **fields):
+    """A model of the faking plugin's own, built from ResNet50's Keras and Flax code."""
+    return ModelSpec(name, "fake", "keras.applications.resnet:ResNet50",
+                     "kjax_resnet.model:ResNet50", preprocessing="caffe", **fields)
+
+
 class BadMatcher:
-    """Its matching hook raises."""
+    """Its matching hook raises, for its own model."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(own_resnet("badmatch50"))
 
     @hookimpl
     def kjax_match_layers(self, model, keras_layers, flax_modules):
@@ -89,11 +99,50 @@ class Wrapper:
 
 
 class OddMatcher:
-    """A matcher answering something that is not a mapping."""
+    """A matcher answering something that is not a mapping, for its own model."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(own_resnet("oddmatch50"))
 
     @hookimpl
     def kjax_match_layers(self, model, keras_layers, flax_modules):
         return 5
+
+
+class Greedy:
+    """A matching hook that forgets to check the model name, and answers nonsense for all."""
+
+    calls = []
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(own_resnet("greedy50"))
+
+    @hookimpl
+    def kjax_match_layers(self, model, keras_layers, flax_modules):
+        Greedy.calls.append(model)
+        return {"no such layer": ("nowhere",)}
+
+
+class BadMatcherName:
+    """A spec naming a matcher that does not exist."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(ModelSpec("lucky", "fake", "x:y", "x:y", matcher="by_luck"))
+
+
+def raising_matcher(keras_layers, flax_modules):
+    raise ValueError("spec matcher bug")
+
+
+class SpecMatcher:
+    """A model whose spec names a matcher of the plugin's, which raises."""
+
+    @hookimpl
+    def kjax_register_models(self, register):
+        register(own_resnet("specmatch50", matcher="fake_plugins:raising_matcher"))
 
 
 class Missing:
@@ -107,4 +156,7 @@ class Missing:
 twice = Twice()
 wrapper = Wrapper()
 oddmatcher = OddMatcher()
+greedy = Greedy()
+badmatchername = BadMatcherName()
+specmatcher = SpecMatcher()
 missing = Missing()

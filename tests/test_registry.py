@@ -70,6 +70,8 @@ def test_a_broken_plugin_is_skipped_and_reported(extra_entry_points, capsys):
         ("fake_plugins:misspelled", "implements unknown hook kjax_register_model (misspelled?)"),
         ("fake_plugins:twice", "registered model 'twin' twice"),
         ("fake_plugins:wrapper", "implements kjax_match_layers as a wrapper"),
+        ("fake_plugins:badmatchername",
+         "model 'lucky' names matcher 'by_luck', which is neither a core matcher"),
     ],
 )
 def test_a_plugin_is_taken_whole_or_not_at_all(extra_entry_points, capsys, value, message):
@@ -77,22 +79,42 @@ def test_a_plugin_is_taken_whole_or_not_at_all(extra_entry_points, capsys, value
     reg = plugins.registry()
     info = next(p for p in reg.plugins if p.name == "odd")
     assert message in info.error and message in capsys.readouterr().err
-    assert not {"goodname", "typo", "twin"} & set(reg.models)
+    assert not {"goodname", "typo", "twin", "lucky"} & set(reg.models)
     assert "MyLayer" not in reg.rules and reg.rules["Conv2D"].plugin == "kjax_core"
     assert reg.manager.get_plugin("odd") is None, "none of its hooks may run"
     assert "resnet50" in reg.models
 
 
-@pytest.mark.parametrize("value,message", [
-    ("fake_plugins:badmatcher", "RuntimeError: matcher bug"),
-    ("fake_plugins:oddmatcher", "TypeError"),
+@pytest.mark.parametrize("value,model,message", [
+    ("fake_plugins:badmatcher", "badmatch50", "(kjax_match_layers): RuntimeError: matcher bug"),
+    ("fake_plugins:oddmatcher", "oddmatch50", "(kjax_match_layers): TypeError"),
+    ("fake_plugins:specmatcher", "specmatch50",
+     "(matcher fake_plugins:raising_matcher): ValueError: spec matcher bug"),
 ])
-def test_a_failing_matcher_is_named(extra_entry_points, capsys, tmp_path, value, message):
+def test_a_failing_matcher_is_named(extra_entry_points, capsys, tmp_path, value, model, message):
     extra_entry_points("badmatch", value)
-    code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "o", "-w", "none"], capsys)
+    code, out, err = run_cli(["translate", model, "-o", tmp_path / "o", "-w", "none"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert f"plugin 'badmatch' failed to match layers for resnet50: {message}" in err
+    assert f"plugin 'badmatch' failed to match layers for {model} {message}" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_matching_hook_only_answers_for_its_own_models(extra_entry_points):
+    """The core calls a plugin's kjax_match_layers for the models it registered, never for
+    another plugin's, even when it does not look at the model name."""
+    from kjax_core.conversion.translate import match_layers
+
+    extra_entry_points("greedy", "fake_plugins:greedy")
+    reg = plugins.registry()
+    greedy = reg.manager.get_plugin("greedy")
+    # pluggy's hook over all plugins would ask it about resnet50...
+    assert reg.manager.hook.kjax_match_layers(model="resnet50", keras_layers=[], flax_modules=[])
+    greedy.calls.clear()
+    # ... the core does not: resnet50 gets its spec's matcher (nothing to match here).
+    assert match_layers(get_spec("resnet50"), [], []) == {}
+    assert greedy.calls == []
+    assert match_layers(get_spec("greedy50"), [], []) == {"no such layer": ("nowhere",)}
+    assert greedy.calls == ["greedy50"]
 
 
 def test_a_model_whose_code_is_missing_names_its_plugin(extra_entry_points, capsys, tmp_path):

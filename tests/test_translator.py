@@ -13,7 +13,8 @@ from kjax_core.plugin_system.registry import registry
 from kjax_core.conversion.assembly import assemble
 from kjax_core.conversion.flax_side import flax_modules, trace_flax
 from kjax_core.conversion.keras_layers import convert_keras_layers
-from kjax_core.conversion.matching import default_match
+from kjax_core.conversion.matching import MATCHERS, creation_index, default_match, in_creation_order
+from kjax_core.plugin_system.types import CORE_MATCHERS, ModelSpec
 
 SHAPE = (11, 9, 3)
 
@@ -132,19 +133,20 @@ def test_flax_leaf_dtype_follows_param_dtype():
 
 
 class _Matcher:
-    """A plugin answering kjax_match_layers for model 'net' only."""
+    """A plugin answering kjax_match_layers for its model 'net', None for 'quiet', and
+    recording every call (it never checks whether a model is its own)."""
 
     calls = []
 
     @staticmethod
     def kjax_match_layers(model, keras_layers, flax_modules):
         _Matcher.calls.append(model)
-        if model != "net":
+        if model == "quiet":
             return None
         return {"a": ("a",), "b": ("b",), "c": ("a",)}  # sends the Dense into the conv
 
 
-def test_a_plugin_can_decide_the_matching():
+def test_a_plugin_can_decide_the_matching_of_its_own_models():
     from kjax_core import hookimpl
     from kjax_core.conversion.translate import translate_keras_model
 
@@ -152,14 +154,148 @@ def test_a_plugin_can_decide_the_matching():
         "kjax_match_layers": staticmethod(hookimpl(_Matcher.kjax_match_layers))})()
     manager = registry().manager
     manager.register(plugin, name="test-matcher")
+    _Matcher.calls.clear()
     try:
+        own = ModelSpec("net", "test", "x:y", "x:y", plugin="test-matcher")
         with pytest.raises(WeightsError, match="Flax leaf filled twice|from 'c'"):
-            translate_keras_model("net", keras_net(), FlaxNet(), SHAPE)
+            translate_keras_model(own, keras_net(), FlaxNet(), SHAPE)
         assert _Matcher.calls == ["net"]
-        # For other models it answers None and the default matching runs.
-        translate_keras_model("other", keras_net(), FlaxNet(), SHAPE)
+        # None leaves it to the spec's matcher.
+        quiet = ModelSpec("quiet", "test", "x:y", "x:y", plugin="test-matcher")
+        translate_keras_model(quiet, keras_net(), FlaxNet(), SHAPE)
+        # Another plugin's model: the hook is not even asked.
+        other = ModelSpec("other", "test", "x:y", "x:y", plugin="kjax_core")
+        translate_keras_model(other, keras_net(), FlaxNet(), SHAPE)
+        assert _Matcher.calls == ["net", "quiet"]
     finally:
         manager.unregister(plugin)
+
+
+def test_the_core_matchers_are_the_names_a_spec_may_give():
+    assert tuple(MATCHERS) == CORE_MATCHERS
+
+
+# ----------------------------------------------------------------- matching by creation order
+
+
+def branchy_keras(engine):
+    """Two parallel branches closed by a concatenation, every weight layer but the classifier
+    named automatically. Keras lists a functional model's layers by graph depth: the deep branch
+    (b1, bn, b2, b3) before the one-layer branch a, though a was created first."""
+    layers = engine.layers
+    inputs = engine.Input(SHAPE)
+    a = layers.Conv2D(4, 1)(inputs)
+    b = layers.Conv2D(4, 1)(inputs)  # same shape as a: a wrong order would pass the assembly
+    b = layers.BatchNormalization()(b)
+    b = layers.Conv2D(4, 3, padding="same")(b)
+    b = layers.Conv2D(4, 3, padding="same")(b)
+    x = layers.GlobalAveragePooling2D()(layers.Concatenate()([a, b]))
+    return engine.Model(inputs, layers.Dense(3, name="predictions")(x))
+
+
+class Branchy(nn.Module):
+    """The Flax twin of branchy_keras, calling its submodules in the Keras source's order."""
+
+    @nn.compact
+    def __call__(self, x):
+        import jax.numpy as jnp
+
+        a = knn.conv(x, 4, 1, name="a")
+        b = knn.conv(x, 4, 1, name="b1")
+        b = knn.batch_norm(b, name="bn", train=False)
+        b = knn.conv(b, 4, 3, padding="SAME", name="b2")
+        b = knn.conv(b, 4, 3, padding="SAME", name="b3")
+        x = jnp.concatenate([a, b], axis=-1).mean(axis=(1, 2))
+        return nn.Dense(3, name="predictions")(x)
+
+
+def _engine(name):
+    if name == "keras":
+        return keras
+    import tf_keras
+
+    return tf_keras
+
+
+@pytest.mark.parametrize("engine_name", ["keras", "tf_keras"])
+@pytest.mark.parametrize("offset", [0, 7, 97])
+def test_creation_order_pairs_branches_whatever_the_counters(engine_name, offset):
+    """Built first in a fresh session (``conv2d``, ``conv2d_1``, ...) or after other layers, with
+    the counters crossing 9 -> 10 or 99 -> 100 (where a text sort fails) and offset differently per
+    layer class: the creation-order matcher pairs every layer with its twin, the default one
+    cannot."""
+    from kjax_core.conversion.translate import translate_keras_model
+
+    engine = _engine(engine_name)
+    engine.backend.clear_session()
+    for _ in range(offset):  # what other models built before in this process would leave
+        engine.layers.Conv2D(1, 1)
+    for _ in range(offset // 2):
+        engine.layers.BatchNormalization()
+    keras_model = branchy_keras(engine)
+    randomize(keras_model, 3)
+    convs = [layer.name for layer in keras_model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs != sorted(convs, key=lambda name: creation_index(name, "Conv2D")[1])
+    module = Branchy()
+    x = np.random.default_rng(0).normal(size=(2, *SHAPE)).astype("float32")
+    expected = np.asarray(keras_model(x))
+
+    spec = ModelSpec("branchy", "test", "x:y", "x:y", matcher="creation_order")
+    variables = translate_keras_model(spec, keras_model, module, SHAPE)
+    assert relative_error(module.apply(variables, x), expected) < 1e-5
+    # The same matcher named by "module:attr", as a plugin's own matcher would be.
+    by_ref = ModelSpec("branchy", "test", "x:y", "x:y",
+                       matcher="kjax_core.conversion.matching:creation_order_match")
+    assert _equal_trees(translate_keras_model(by_ref, keras_model, module, SHAPE), variables)
+    # Model order pairs the deep branch's first conv with a: the shapes fail or the values do.
+    default = ModelSpec("branchy", "test", "x:y", "x:y")
+    try:
+        wrong = translate_keras_model(default, keras_model, module, SHAPE)
+    except WeightsError:
+        return
+    assert relative_error(module.apply(wrong, x), expected) > 1e-2
+
+
+def _equal_trees(a, b):
+    from flax import traverse_util
+
+    flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+    return flat_a.keys() == flat_b.keys() and all(
+        np.array_equal(flat_a[k], flat_b[k]) for k in flat_a)
+
+
+def test_creation_order_moves_only_automatic_names():
+    """Each prefix's layers are put in counter order (numeric) in the places that prefix held;
+    chosen names, even ending in digits, stay where they were."""
+    from kjax_core.plugin_system.types import KerasLayerInfo
+
+    layers_ = [KerasLayerInfo(name, cls, {}) for name, cls in [
+        ("conv2d_10", "Conv2D"), ("stem_1", "Conv2D"),
+        ("batch_normalization_100", "BatchNormalization"),
+        ("conv2d_9", "Conv2D"), ("depthwise_conv2d_3", "DepthwiseConv2D"),
+        ("batch_normalization_99", "BatchNormalization"), ("conv2d", "Conv2D"),
+        ("conv2d_bn_2", "Conv2D"), ("depthwise_conv2d_1", "DepthwiseConv2D")]]
+    assert [layer.name for layer in in_creation_order(layers_)] == [
+        "conv2d", "stem_1", "batch_normalization_99", "conv2d_9", "depthwise_conv2d_1",
+        "batch_normalization_100", "conv2d_10", "conv2d_bn_2", "depthwise_conv2d_3"]
+
+
+@pytest.mark.parametrize("engine_name", ["keras", "tf_keras"])
+def test_auto_name_prefixes_are_keras_own(engine_name):
+    """The prefix kjax expects is the name each Keras gives an unnamed layer of the class."""
+    engine = _engine(engine_name)
+    engine.backend.clear_session()
+    for cls in (engine.layers.Conv2D, engine.layers.DepthwiseConv2D,
+                engine.layers.SeparableConv2D, engine.layers.Conv2DTranspose):
+        first, second = cls(2, 3), cls(2, 3)
+        assert creation_index(first.name, cls.__name__)[1] == 0, first.name
+        assert creation_index(second.name, cls.__name__)[1] == 1, second.name
+    for cls in (engine.layers.BatchNormalization, engine.layers.LayerNormalization,
+                engine.layers.PReLU, engine.layers.Normalization):
+        first, second = cls(), cls()
+        assert creation_index(first.name, cls.__name__)[1] == 0, first.name
+        assert creation_index(second.name, cls.__name__)[1] == 1, second.name
+    assert creation_index("conv2d_3", "Dense") is None
 
 
 def test_a_subclass_does_not_borrow_its_base_class_rule():

@@ -23,6 +23,7 @@ from .flax_side import flax_modules, trace_flax
 from .keras_layers import convert_keras_layers, iter_keras_layers
 from .keras_model import KerasReference, build_keras_model, numpy_initializers, prepare_environment
 from .keras_model import translation_backend
+from .matching import MATCHERS, spec_matcher
 from .options import check_input_shape, check_options
 
 # progress(event, done, total): events are "build" (Keras model, total None) and "layer".
@@ -119,12 +120,12 @@ def translate(
     # Keras' input shape, with the default size where the Keras model takes any size.
     shape = tuple(int(d) if d is not None else s
                   for d, s in zip(reference.model.inputs[0].shape[1:], spec.input_size))
-    variables = translate_keras_model(spec.name, reference.model, module, shape, step)
+    variables = translate_keras_model(spec, reference.model, module, shape, step)
     return Translation(spec, options, shape, module, variables, reference)
 
 
 def translate_keras_model(
-    model_name: str,
+    model: ModelSpec | str,
     keras_model: Any,
     module: Any,
     input_shape: Sequence[int],
@@ -132,33 +133,50 @@ def translate_keras_model(
 ) -> Tree:
     """Translate a built Keras model into the variables of ``module``.
 
-    :param model_name: registry name, passed to the ``kjax_match_layers`` hook.
+    :param model: the model's spec, or its registry name; decides the name matching
+        (:func:`match_layers`).
     :param keras_model: a Keras 3 or tf_keras model holding the weights.
     :param module: the Flax twin (a ``flax.linen.Module``).
     :param input_shape: (H, W, C) of one image, to trace the module's variable shapes.
     :param progress: called with each Keras layer name once it is converted.
     :returns: ``{"params": ..., "batch_stats": ...}`` as nested dicts of numpy arrays.
     """
+    spec = model if isinstance(model, ModelSpec) else get_spec(model)
     reg = registry()
     layers = convert_keras_layers(keras_model, reg.rules, progress)
     target, call_order = trace_flax(module, input_shape)
     modules = flax_modules(target, call_order)
-    assignment = match_layers(reg.manager, model_name, layers, modules)
-    return assemble(model_name, layers, target, assignment)
+    assignment = match_layers(spec, layers, modules, reg)
+    return assemble(spec.name, layers, target, assignment)
 
 
-def match_layers(manager: Any, model_name: str, layers: Any, modules: Any) -> dict[str, Path]:
-    """The ``kjax_match_layers`` hook, first answer wins, each plugin's failure named."""
-    kwargs = {"model": model_name, "keras_layers": layers, "flax_modules": modules}
-    for impl in reversed(manager.hook.kjax_match_layers.get_hookimpls()):  # pluggy's call order
-        try:
-            answer = impl.function(**{name: kwargs[name] for name in impl.argnames})
-            if answer is None:
-                continue
-            return {str(name): tuple(path) for name, path in dict(answer).items()}
-        except Exception as error:
-            raise PluginError(
-                f"plugin '{impl.plugin_name}' failed to match layers for {model_name}: "
-                f"{type(error).__name__}: {error}"
-            ) from None
-    return {}
+def match_layers(spec: ModelSpec, layers: Any, modules: Any, reg: Any = None) -> dict[str, Path]:
+    """Which Keras layer feeds which Flax module path, for the model of ``spec``.
+
+    First the ``kjax_match_layers`` hook of the plugin that registered the model (``spec.plugin``),
+    called through pluggy with that plugin alone
+    (:func:`kjax_core.plugin_system.registry.plugin_hook`): no other plugin's implementation runs,
+    so none can answer for a model it does not own. If it answers None, or implements no such
+    hook, the model's matcher decides (:func:`kjax_core.conversion.matching.spec_matcher`). A hook
+    or a matcher of the plugin that raises, or answers something else than a mapping of names to
+    paths, fails with a PluginError naming the plugin.
+    """
+    reg = reg or registry()
+    hook = reg.plugin_hook(spec.plugin, "kjax_match_layers") if spec.plugin else None
+    source, answer = "kjax_match_layers", None
+    try:
+        if hook is not None:
+            answer = hook(model=spec.name, keras_layers=layers, flax_modules=modules)
+        if answer is None:
+            source = f"matcher {spec.matcher}"
+            answer = spec_matcher(spec)(layers, modules)
+        return {str(name): tuple(path) for name, path in dict(answer).items()}
+    except PluginError:
+        raise
+    except Exception as error:
+        if spec.matcher in MATCHERS and source != "kjax_match_layers":
+            raise  # the core's own matcher: a bug in kjax, with its traceback
+        raise PluginError(
+            f"plugin '{spec.plugin}' failed to match layers for {spec.name} ({source}): "
+            f"{type(error).__name__}: {error}"
+        ) from None

@@ -1,6 +1,8 @@
-"""The core's own hook implementations: built-in layer rules and the default name matching.
+"""The core's own hook implementations: the built-in layer rules.
 
-Registered through the same plugin manager as every family plugin, before them.
+Registered through the same plugin manager as every family plugin, before them. Name matching is
+not a hook of the core: each model's :attr:`kjax_core.ModelSpec.matcher` chooses one of the core's
+matchers (:mod:`kjax_core.conversion.matching`) or its own.
 """
 
 from __future__ import annotations
@@ -14,10 +16,3 @@ def kjax_register_layer_rules(register):
 
     for rule in BUILTIN_RULES:
         register(rule)
-
-
-@hookimpl(trylast=True)
-def kjax_match_layers(model, keras_layers, flax_modules):
-    from ..conversion.matching import default_match
-
-    return default_match(keras_layers, flax_modules)

@@ -9,11 +9,19 @@ the hook names below, made known through an entry point in the ``kjax`` group::
 The plugin module is imported when kjax first needs the registry, not when the CLI starts. Keep it
 light: reference Keras constructors and Flax modules by ``"module:attr"`` strings (see
 :class:`kjax_core.ModelSpec`) so that ``kjax list`` never imports TensorFlow, Keras, JAX or Flax.
+
+How the core calls them: through pluggy, one plugin at a time
+(:func:`kjax_core.plugin_system.registry.plugin_hook`, a ``subset_hook_caller`` with every other
+plugin removed). The registration hooks run once per plugin when the registry is first built; a
+plugin whose hook raises, that registers something malformed, implements an unknown hook or a hook
+wrapper is refused whole (none of its models, rules or hooks are used; one line on stderr) and the
+others keep working. ``kjax_match_layers`` runs only for the plugin that registered the model being
+translated.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import pluggy
 
@@ -54,24 +62,34 @@ def kjax_match_layers(
     model: str,
     keras_layers: Sequence["KerasLayerInfo"],
     flax_modules: Sequence["FlaxModuleInfo"],
-) -> dict[str, tuple[str, ...]] | None:
-    """Decide which Keras layer feeds which Flax submodule.
+) -> Mapping[str, Sequence[str]] | None:
+    """Decide which Keras layer feeds which Flax submodule, for a model this plugin registered.
 
-    Called once per translation with the weight-carrying Keras layers (in model order) and the Flax
-    submodules that hold variables (in definition order). Return a mapping from Keras layer name to
-    Flax module path for every layer, or None to leave the question to the next implementation.
-    The first non-None answer wins; the core's default runs last. It matches canonical names first
-    (the Flax path joined with ``_`` equals the Keras layer name, so ``("conv2_block1", "1_conv")``
-    is fed by ``conv2_block1_1_conv``), then pairs what is left in order within each kind of layer
-    (same variable names and ranks; Keras model order against Flax call order), only where both
-    sides have as many of that kind. It never relies on Keras' auto-generated numeric suffixes, which
-    depend on a per-process counter. Where order is not enough (parallel branches whose layers have
-    the same kind), implement this hook for your model.
+    Most plugins do not need this hook: :attr:`kjax_core.ModelSpec.matcher` chooses a matcher per
+    model (``"default"``, ``"creation_order"`` or a ``"module:attr"`` of your own). Implement the
+    hook where the decision needs more than the two lists a matcher receives (the model name).
+
+    The core calls a plugin's implementation only for the models that plugin registered (the
+    :class:`~kjax_core.ModelSpec` whose ``plugin`` is this plugin), never for another plugin's: an
+    implementation that forgets to look at ``model`` cannot take over other families. It is called
+    once per translation, after the Keras layers went through their rules and the Flax module was
+    traced, and before the strict assembly. Returning None leaves the decision to the model's
+    ``matcher``; any other answer is final (the spec's matcher does not run).
 
     The translator checks whatever is returned: every Keras weight used once, every Flax leaf
-    filled once, shapes equal.
+    filled once, shapes equal. An exception raised here, or an answer that is not a mapping of
+    layer names to paths, fails the translation with a :class:`kjax_core.PluginError` naming the
+    plugin; it does not unload the plugin.
 
-    :param model: the registry name of the model being translated.
-    :param keras_layers: :class:`kjax_core.plugin_system.types.KerasLayerInfo` items.
-    :param flax_modules: :class:`kjax_core.plugin_system.types.FlaxModuleInfo` items.
+    Keras' automatic layer names (``conv2d_17``) come from a per-process counter: never match on
+    their numbers, only on their order (what the ``"creation_order"`` matcher does).
+
+    :param model: the registry name of the model being translated (one of this plugin's).
+    :param keras_layers: the weight-carrying Keras layers in model order, each a
+        :class:`kjax_core.plugin_system.types.KerasLayerInfo` (name, class name, the variables its
+        layer rule produced, their signature).
+    :param flax_modules: every Flax module path that holds variables, in call order, each a
+        :class:`kjax_core.plugin_system.types.FlaxModuleInfo` (path, leaf shapes, signature).
+    :returns: ``{keras layer name: flax module path}`` for every Keras layer (a path is a tuple of
+        submodule names, ``("mixed0", "branch1x1", "conv")``), or None.
     """

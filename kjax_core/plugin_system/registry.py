@@ -1,7 +1,8 @@
 """Plugin loading and the model registry.
 
 Entry points of the ``kjax`` group are loaded on first use, one at a time: a plugin that fails to
-import, or whose hook raises, is reported on stderr and skipped, and the others keep working.
+import, or whose hook raises, is reported on stderr and skipped, and the others keep working. Hooks
+are called through pluggy one plugin at a time (:func:`plugin_hook`).
 
 Environment:
     KJAX_PLUGINS: comma-separated entry-point names; when set, only these are loaded.
@@ -25,7 +26,7 @@ import pluggy
 from . import hookspecs
 from ..errors import PluginError, UnknownModelError
 from ..version import __version__
-from .types import LayerRule, ModelSpec
+from .types import CORE_MATCHERS, LayerRule, ModelSpec
 
 ENTRY_POINT_GROUP = "kjax"
 CORE_PLUGIN = "kjax_core"
@@ -52,6 +53,12 @@ class Registry:
     rules: dict[str, LayerRule]
     conflicts: dict[str, list[str]]  # model name -> plugins that all registered it
     manager: pluggy.PluginManager
+
+    def plugin_hook(self, plugin_name: str, hook_name: str) -> Any:
+        """:func:`plugin_hook` of a loaded plugin by name; None when it is not loaded (never
+        was, or was refused)."""
+        plugin = self.manager.get_plugin(plugin_name)
+        return None if plugin is None else plugin_hook(self.manager, plugin, hook_name)
 
 
 def _names_from_env(variable: str) -> set[str] | None:
@@ -94,13 +101,43 @@ def _load_entry_points(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
+def plugin_hook(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> Any:
+    """The hook ``hook_name`` restricted to ``plugin``'s own implementation.
+
+    kjax calls every hook one plugin at a time, through pluggy (a ``subset_hook_caller`` with
+    every other plugin removed), rather than all plugins in one call, for two reasons:
+
+    - attribution: pluggy lets a hook implementation's exception through unchanged and does not
+      say whose it was; called per plugin, the caller knows which plugin raised, and refuses or
+      names that one (a hook wrapper of the core would see the failure of the whole call, with
+      no owner either);
+    - ownership: ``kjax_match_layers`` is called only for the plugin that registered the model,
+      so a plugin cannot answer for another plugin's models, even by forgetting to check the name.
+
+    Calling a hook this way keeps pluggy's own semantics: argument selection by name,
+    ``firstresult`` (the plugin's answer, or None when it does not implement the hook), and
+    ``tryfirst``/``trylast`` among the plugin's implementations. With no implementation the call
+    returns None for a ``firstresult`` hook, ``[]`` otherwise.
+    """
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    return pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
 def _registrations(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> list[Any]:
     """What one plugin's implementation of a registration hook registers."""
     items: list[Any] = []
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        if impl.plugin is plugin:
-            impl.function(register=items.append)
+    plugin_hook(pm, plugin, hook_name)(register=items.append)
     return items
+
+
+def _check_matcher(spec: ModelSpec) -> None:
+    matcher = spec.matcher
+    module, _, attr = matcher.partition(":") if isinstance(matcher, str) else ("", "", "")
+    if matcher not in CORE_MATCHERS and not (module and attr):
+        raise PluginError(
+            f"model '{spec.name}' names matcher {matcher!r}, which is neither a core matcher "
+            f"({', '.join(CORE_MATCHERS)}) nor a \"module:attr\" reference"
+        )
 
 
 def _admit(
@@ -132,6 +169,7 @@ def _admit(
             raise PluginError(f"model names are lower case without spaces, got {spec.name!r}")
         if spec.name in names:
             raise PluginError(f"registered model '{spec.name}' twice")
+        _check_matcher(spec)
         names.add(spec.name)
     seen: set[str] = set()
     for rule in new_rules:

@@ -21,6 +21,10 @@ Tree = dict[str, Any]
 Path = tuple[str, ...]
 Signature = frozenset  # of (collection, relative leaf path, rank)
 
+# The core's matchers (kjax_core.conversion.matching.MATCHERS) by the short name a ModelSpec gives
+# in ``matcher``; listed here so that the registry checks a spec without importing them.
+CORE_MATCHERS = ("default", "creation_order")
+
 # Options every Keras Applications constructor takes and every kjax Flax module mirrors.
 COMMON_OPTIONS: Mapping[str, Any] = {
     "include_top": True,
@@ -65,6 +69,14 @@ class ModelSpec:
         weights_options: Flax module options implied by a named weight set, for Keras
             constructors that build a different graph for it (EfficientNet adds a Rescaling layer
             only for ``weights="imagenet"``): ``{"imagenet": {"imagenet_rescaling": True}}``.
+        matcher: which Keras layer feeds which Flax submodule, when the plugin's own
+            ``kjax_match_layers`` hook does not answer (or is not implemented). A core matcher by
+            name: ``"default"`` (canonical names, then order within each kind of layer: Keras model
+            order against Flax call order) or ``"creation_order"`` (canonical names, then
+            automatically named Keras layers in the order Keras created them, for functional models
+            whose parallel branches Keras lists by graph depth: InceptionV3); or the
+            ``"module:attr"`` of a callable ``matcher(keras_layers, flax_modules) -> {keras layer
+            name: flax module path}`` (see :mod:`kjax_core.conversion.matching`).
         parity: how the parity harness (``kjax verify``, tests) prepares this model's randomised
             reference, where the defaults do not suit it; keys of
             :data:`kjax_core.parity.PARITY_DEFAULTS` (``{"calibration": "batch"}``). No built-in
@@ -83,6 +95,7 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     weights: tuple[str, ...] = ("imagenet",)
     weights_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    matcher: str = "default"
     parity: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""
 
