@@ -1,16 +1,26 @@
-"""Depthwise convolution as a sum of shifted, per-channel scaled copies of the input.
+"""Depthwise convolution, in the formulation each platform runs best (:func:`depthwise`).
 
+On CPU, a sum of shifted, per-channel scaled copies of the input (:func:`depthwise_shift_add`).
 XLA:CPU runs a depthwise convolution (a grouped convolution with one group per channel) through
 its general convolution kernels, which do almost no arithmetic per byte there: measured on a 2-core
 Xeon (jax 0.10.2), a 3x3 depthwise convolution of an 8x112x112x32 batch took 100 ms with YNNPACK
 and 250 ms with Eigen (TensorFlow's XLA: 240 ms). Written as ``sum_ij x[shifted by i, j] * k[i, j]``,
 XLA fuses the whole sum into one pass over the input: 5 ms. The result is the same to float32
-rounding (the nine products are summed in another order). The weights keep the layout of a Flax
-grouped ``nn.Conv``, kernel (kh, kw, 1, C * M), so translation and saved variables do not change.
+rounding (the nine products are summed in another order).
+
+Elsewhere (GPU, TPU), the grouped convolution itself (:func:`depthwise_grouped`,
+``feature_group_count=C``), which their compilers have depthwise kernels for, until a measurement
+on such a device says otherwise.
+
+The choice is made by ``jax.lax.platform_dependent`` when the computation is lowered for a
+platform, not by the default backend at trace time: a function jitted or exported for another
+platform gets that platform's formulation. Both take the weights in the layout of a Flax grouped
+``nn.Conv``, kernel (kh, kw, 1, C * M), so translation and saved variables do not change.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -78,10 +88,54 @@ def depthwise_shift_add(
     return out
 
 
+def depthwise_grouped(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int] = (1, 1),
+    padding: Any = "VALID",
+    dilation: Sequence[int] = (1, 1),
+) -> jax.Array:
+    """The same depthwise convolution as :func:`depthwise_shift_add`, as one grouped
+    ``lax.conv_general_dilated`` (``feature_group_count=C``): group ``c`` is input channel ``c``
+    and output channels ``c * M ... c * M + M - 1``, Flax's grouped ``nn.Conv`` layout."""
+    kh, kw, one, out_channels = kernel.shape
+    channels = x.shape[-1]
+    if one != 1 or out_channels % channels:
+        raise ValueError(f"kernel {kernel.shape} is not depthwise for {channels} channels")
+    if isinstance(padding, str):
+        pads = [_pads(x.shape[1 + a], (kh, kw)[a], strides[a], dilation[a], padding) for a in (0, 1)]
+    else:
+        pads = [tuple(int(p) for p in pair) for pair in padding]
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=tuple(strides), padding=pads, rhs_dilation=tuple(dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+    )
+
+
+def depthwise(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int] = (1, 1),
+    padding: Any = "VALID",
+    dilation: Sequence[int] = (1, 1),
+) -> jax.Array:
+    """Depthwise convolution of NHWC ``x`` with a kernel (kh, kw, 1, C * M): shifted sums
+    (:func:`depthwise_shift_add`) when lowered for CPU, a grouped convolution
+    (:func:`depthwise_grouped`) for any other platform. Both are traced; only the chosen one is
+    compiled."""
+    options = dict(strides=tuple(strides), padding=padding, dilation=tuple(dilation))
+    return jax.lax.platform_dependent(
+        x, kernel,
+        cpu=functools.partial(depthwise_shift_add, **options),
+        default=functools.partial(depthwise_grouped, **options),
+    )
+
+
 class DepthwiseConv(ShapeCheckedParams, nn.Module):
     """Keras DepthwiseConv2D with the variables of a Flax grouped ``nn.Conv``: ``kernel``
     (kh, kw, 1, C * depth_multiplier) and, with ``use_bias``, ``bias`` (C * depth_multiplier,),
-    computed by :func:`depthwise_shift_add`. Padding as in :func:`kjax_core.nn.conv`."""
+    computed by :func:`depthwise` (the formulation of the platform). Padding as in
+    :func:`kjax_core.nn.conv`."""
 
     kernel_size: Sequence[int]
     strides: Sequence[int] = (1, 1)
@@ -97,7 +151,7 @@ class DepthwiseConv(ShapeCheckedParams, nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1] * self.depth_multiplier
         x, kernel, bias = kernel_and_bias(self, x, (*self.kernel_size, 1, features))
-        y = depthwise_shift_add(x, kernel, self.strides, self.padding)
+        y = depthwise(x, kernel, self.strides, self.padding)
         return y + bias if bias is not None else y
 
 
@@ -114,9 +168,10 @@ def depthwise_conv(
     param_dtype: Dtype = jnp.float32,
 ) -> jax.Array:
     """Keras DepthwiseConv2D. Its variables are those of a Flax grouped convolution (kernel
-    (kh, kw, 1, C * depth_multiplier), one group per input channel); it is computed as a sum of
-    shifted copies of the input (:class:`kjax_core.nn.depthwise.DepthwiseConv`), which XLA:CPU runs
-    about 20 times faster than a grouped convolution, with the same result to float32 rounding."""
+    (kh, kw, 1, C * depth_multiplier), one group per input channel); on CPU it is computed as a
+    sum of shifted copies of the input (:class:`kjax_core.nn.depthwise.DepthwiseConv`), which
+    XLA:CPU runs about 20 times faster than a grouped convolution, with the same result to float32
+    rounding; elsewhere as the grouped convolution."""
     if isinstance(kernel_size, int):
         kernel_size = (kernel_size, kernel_size)
     return DepthwiseConv(
