@@ -151,6 +151,43 @@ def test_predictor_float32_options(name):
         assert relative_error(np.asarray(predict(x)), expected) <= FLOAT32_FACTOR * keras_error32
 
 
+def test_predictor_falls_back_to_xla_defaults_when_an_option_is_refused():
+    """A jax release whose XLA does not know an option (here: one that exists nowhere) refuses it
+    when compiling; the predictor then compiles with XLA's defaults, says so once, and computes
+    the same outputs. Other errors are not taken for a refusal."""
+    import warnings
+
+    from kjax_core.inference.compiler import refused
+    from kjax_core.inference.sharding import data_parallel
+
+    module, shape = _Net(), (2, 9, 7, 3)
+    variables = _random_variables(module, shape)
+    x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    expected = np.asarray(kjax_core.predictor(module, variables, xla_options={},
+                                              input_shape=shape[1:])(x))
+    unknown = {"xla_kjax_option_no_xla_knows": "true"}
+    predict = kjax_core.predictor(module, variables, xla_options=unknown, input_shape=shape[1:])
+    assert predict.xla_options == unknown
+    with pytest.warns(RuntimeWarning, match="XLA refused the compiler options .*"
+                      "xla_kjax_option_no_xla_knows.*compiling with XLA's defaults instead"):
+        out = predict(x)
+    assert predict.xla_options == {}
+    np.testing.assert_array_equal(np.asarray(out), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: neither the next call nor a new shape warns again
+        predict(x)
+        predict(x[:1])
+    # The data-parallel path takes the same way (here over one device).
+    run = data_parallel(module.apply, variables, jax.devices()[:1], unknown)
+    with pytest.warns(RuntimeWarning, match="XLA refused"):
+        out = run(x)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(jax.jit(module.apply)(variables, x)))
+    assert run.compiled.compiler_options == {}
+
+    assert not refused(RuntimeError("INVALID_ARGUMENT: shapes differ"), unknown)
+    assert not refused(ValueError("xla_kjax_option_no_xla_knows"), unknown)
+
+
 def test_predictor_bfloat16():
     """kjax_core.predictor with dtype=bfloat16: BatchNorm folded, computed in bfloat16.
     (The float32 predictor is checked against one device in tests/test_sharding.py.)"""

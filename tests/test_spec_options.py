@@ -46,7 +46,7 @@ def option_problems(spec):
     if unknown and not takes_any:
         problems.append(f"the Keras constructor takes no {unknown}")
     if set(NOT_OPTIONS) & set(options):
-        problems.append(f"options that are arguments of their own: {set(NOT_OPTIONS) & set(options)}")
+        problems.append(f"options that are arguments: {sorted(set(NOT_OPTIONS) & set(options))}")
     return problems
 
 

@@ -64,6 +64,7 @@ class Predictor:
         import jax
         import jax.numpy as jnp
 
+        from .compiler import JitWithOptions
         from .fold import DEFAULT_INPUT_SHAPE, FoldedModel, fold_batch_norm
         from .sharding import data_parallel, local_devices
 
@@ -83,15 +84,20 @@ class Predictor:
         self.devices = local_devices(devices) if devices is not None else [jax.devices()[0]]
         if xla_options is None:
             xla_options = default_xla_options(self.devices[0].platform)
-        self.xla_options = dict(xla_options)
         if len(self.devices) > 1:
-            self._run = data_parallel(module.apply, variables, self.devices, self.xla_options or None)
+            self._run = data_parallel(module.apply, variables, self.devices, dict(xla_options))
             self.variables = self._run.variables
+            self._compiled = self._run.compiled
         else:
             self.variables = jax.device_put(variables, self.devices[0])
-            compiled = jax.jit(module.apply, compiler_options=self.xla_options or None)
-            self._run = lambda images: compiled(self.variables, images)
+            self._compiled = JitWithOptions(module.apply, dict(xla_options))
+            self._run = lambda images: self._compiled(self.variables, images)
         self._float = jnp.float32
+
+    @property
+    def xla_options(self) -> dict:
+        """The compiler options in use: those asked for, or ``{}`` once XLA refused them."""
+        return dict(self._compiled.compiler_options)
 
     def __call__(self, images: Any) -> Any:
         import jax.numpy as jnp
@@ -115,7 +121,9 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
         batch across them, variables replicated (:mod:`kjax_core.inference.sharding`); any batch size.
     :param xla_options: XLA compiler options for this model's compilation only (nothing else in
         the process changes); None for :func:`default_xla_options` (Eigen convolutions on CPU),
-        ``{}`` for XLA's own defaults.
+        ``{}`` for XLA's own defaults. Options XLA refuses when compiling (a jax release that does
+        not know them) give way to XLA's defaults with one warning
+        (:class:`kjax_core.inference.compiler.JitWithOptions`).
     :param input_shape: (H, W, C) used to trace the model for folding; default 224x224x3.
     """
     return Predictor(module, variables, **options)

@@ -83,17 +83,21 @@ def data_parallel(
     ``devices`` and ``variables`` replicated (copied to the devices once, here).
 
     Any batch size works (padded to a multiple of the device count, the padding cut from the
-    outputs). The outputs are sharded by batch; ``numpy.asarray`` gathers them.
+    outputs). The outputs are sharded by batch; ``numpy.asarray`` gathers them. Compiler options
+    XLA refuses give way to its defaults, with a warning
+    (:class:`kjax_core.inference.compiler.JitWithOptions`).
     """
     import jax
 
+    from .compiler import JitWithOptions
+
     mesh = batch_mesh(devices)
     variables = replicate(variables, mesh)
-    compiled = jax.jit(
+    compiled = JitWithOptions(
         apply,
+        compiler_options,
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=batch_sharded(mesh),
-        compiler_options=compiler_options,
     )
 
     def run(images: Any) -> Any:
@@ -102,5 +106,6 @@ def data_parallel(
         return jax.tree_util.tree_map(lambda y: y[:n], out) if x.shape[0] != n else out
 
     run.mesh = mesh  # type: ignore[attr-defined]
+    run.compiled = compiled  # type: ignore[attr-defined]
     run.variables = variables  # type: ignore[attr-defined]
     return run
