@@ -15,7 +15,8 @@ The comparison is shown able to fail, twice over:
   tolerance: every leaf the rule produces reaches the compared output;
 - for every built-in rule (:data:`SABOTAGES`, checked to cover ``kjax_core.conversion.layer_rules.BUILTIN_RULES``),
   a deliberately wrong conversion that keeps every shape (a flipped or transposed kernel, swapped
-  statistics, gamma and beta swapped, the depthwise multiplier axes swapped) makes this same parity
+  statistics, gamma and beta swapped, the depthwise multiplier axes swapped, a LayerScale's factors
+  reversed) makes this same parity
   assertion fail, by orders of magnitude, in both precisions.
 """
 
@@ -203,10 +204,30 @@ def test_separable_conv2d(multiplier, use_bias, precision):
 
 
 @precisions
-def test_layer_normalization(precision):
+@pytest.mark.parametrize("center,scale", [(True, True), (False, True), (True, False)])
+def test_layer_normalization(center, scale, precision):
     check(
-        lambda dt: L.LayerNormalization(epsilon=1e-3, name="ln", dtype=dt),
-        lambda x, kw: nn.LayerNorm(epsilon=1e-3, name="ln", **kw)(x),
+        lambda dt: L.LayerNormalization(epsilon=1e-3, center=center, scale=scale, name="ln",
+                                        dtype=dt),
+        lambda x, kw: knn.LayerNorm(epsilon=1e-3, use_bias=center, use_scale=scale, name="ln",
+                                    **kw)(x),
+        precision,
+    )
+
+
+def _layer_scale(dt, name="ls"):
+    """ConvNeXt's LayerScale (Keras names its weight ``variable``, ``variable_1``, ...)."""
+    from keras.src.applications.convnext import LayerScale
+
+    return LayerScale(1e-6, SHAPE[-1], name=name, dtype=dt)
+
+
+@precisions
+def test_layer_scale(precision):
+    """Two in one model: their weights have different counter names, each is taken."""
+    check(
+        lambda dt: lambda x: _layer_scale(dt, "ls2")(_layer_scale(dt, "ls1")(x)),
+        lambda x, kw: knn.LayerScale(name="ls2", **kw)(knn.LayerScale(name="ls1", **kw)(x)),
         precision,
     )
 
@@ -344,8 +365,12 @@ SABOTAGES = [
      _params(_kernel(lambda k: k[:, :, ::-1].copy(), where=("pointwise",)))),
     ("LayerNormalization", "gamma and beta swapped",
      lambda dt: L.LayerNormalization(epsilon=1e-3, name="ln", dtype=dt),
-     lambda x, kw: nn.LayerNorm(epsilon=1e-3, name="ln", **kw)(x),
+     lambda x, kw: knn.LayerNorm(epsilon=1e-3, name="ln", **kw)(x),
      _params(_swap("scale", "bias"))),
+    ("LayerScale", "gamma in reversed channel order",
+     _layer_scale,
+     lambda x, kw: knn.LayerScale(name="ls", **kw)(x),
+     _params(_reversed("gamma"))),
     ("Normalization", "mean and variance swapped",
      lambda dt: L.Normalization(axis=-1, name="norm", dtype=dt),
      lambda x, kw: knn.Normalization(name="norm", **kw)(x),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import WeightsError
 from ..plugin_system.types import LayerRule
 
 if TYPE_CHECKING:  # the rules are registered by `kjax list` too, which must not import numpy
@@ -78,8 +79,21 @@ def batch_norm(layer: Any, weights: WeightBag) -> dict:
 
 
 def layer_norm(layer: Any, weights: WeightBag) -> dict:
-    """LayerNormalization -> ``flax.linen.LayerNorm``: gamma -> scale, beta -> bias."""
+    """LayerNormalization -> :class:`kjax_core.nn.LayerNorm` (``use_scale``/``use_bias`` follow
+    Keras' ``scale``/``center``; ``flax.linen.LayerNorm`` has the same variables): gamma -> scale,
+    beta -> bias."""
     return {"params": _scale_and_bias(weights)}
+
+
+def layer_scale(layer: Any, weights: WeightBag) -> dict:
+    """ConvNeXt's LayerScale -> :class:`kjax_core.nn.LayerScale`: its only weight -> gamma. Keras
+    names that weight from a per-process counter (``variable``, ``variable_1``, ...), so it is
+    taken whatever its name."""
+    names = weights.leftover()
+    if len(names) != 1:
+        raise WeightsError(f"LayerScale layer '{weights.layer_name}' should have one weight; "
+                           f"it has {len(names)}: {', '.join(names) or 'none'}")
+    return {"params": {"gamma": weights.take(names[0])}}
 
 
 def normalization(layer: Any, weights: WeightBag) -> dict:
@@ -101,5 +115,6 @@ BUILTIN_RULES = [
     LayerRule("SeparableConv2D", separable_conv),
     LayerRule("BatchNormalization", batch_norm),
     LayerRule("LayerNormalization", layer_norm),
+    LayerRule("LayerScale", layer_scale),
     LayerRule("Normalization", normalization),
 ]

@@ -12,7 +12,7 @@ POOLING = (None, "avg", "max")
 # Activations the Flax classifier head implements (kjax_core.nn.ACTIVATIONS; a test keeps them equal).
 CLASSIFIER_ACTIVATIONS = (
     None, "linear", "softmax", "sigmoid", "relu", "relu6", "swish", "silu", "tanh", "gelu",
-    "hard_sigmoid",
+    "hard_sigmoid", "hard_silu", "hard_swish",
 )
 
 

@@ -3,32 +3,40 @@ layer rules translate, and the Keras behaviours a naive port gets wrong.
 
 Plugins use them as ``from kjax_core import nn as knn``; every name is re-exported here from:
 
-- :mod:`.layers`: activations, padding, pooling, Conv, Dense, 1x1 convolutions as products;
+- :mod:`.layers`: activations (hard sigmoid/swish, exact gelu), padding, pooling, Conv, Dense, 1x1
+  convolutions as products;
 - :mod:`.convolution`: Keras Conv2D as one call that picks the fastest exact formulation;
 - :mod:`.depthwise`: DepthwiseConv2D as shifted sums, SeparableConv2D;
-- :mod:`.normalization`: BatchNormalization, Normalization and their statistics helpers;
-- :mod:`.blocks`: blocks the applications share (squeeze-excite, ...);
+- :mod:`.normalization`: BatchNormalization (Keras 3's and tf_keras'), LayerNormalization,
+  Normalization, constant Rescaling / Normalization, and their statistics helpers;
+- :mod:`.blocks`: blocks the applications share (width rounding, correct-pad strided convolution,
+  drop connect, squeeze-excite, LayerScale);
 - :mod:`.application`: the bases of a family's modules and Keras' classifier head.
 """
 
 from .application import Application, Block, classifier_head
-from .blocks import squeeze_excite
+from .blocks import (
+    LayerScale, SqueezeExcite, correct_pad_conv, drop_connect, make_divisible, squeeze_excite,
+)
 from .convolution import conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
     ACTIVATIONS, Conv, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation, avg_pool,
-    correct_pad, kernel_and_bias, max_pool, zero_pad,
+    correct_pad, gelu, hard_sigmoid, hard_swish, kernel_and_bias, max_pool, zero_pad,
 )
 from .normalization import (
-    BatchNorm, Normalization, batch_moments, batch_norm, batch_norm_multiplier, moving_average,
-    normalization_std, normalize, statistics_dtype,
+    BatchNorm, LayerNorm, Normalization, TFKerasBatchNorm, batch_moments, batch_norm,
+    batch_norm_multiplier, moving_average, normalization_std, normalize, normalize_constant,
+    rescaling, statistics_dtype,
 )
 
 __all__ = [
     "ACTIVATIONS", "Application", "BatchNorm", "Block", "Conv", "Dense", "DepthwiseConv", "Dtype",
-    "Normalization", "Pad", "PointwiseConv", "SeparableConv2D", "ShapeCheckedParams", "activation",
-    "avg_pool", "batch_moments", "batch_norm", "batch_norm_multiplier", "classifier_head", "conv",
-    "correct_pad", "depthwise_conv", "depthwise_shift_add", "kernel_and_bias", "max_pool",
-    "moving_average", "normalization_std", "normalize", "squeeze_excite", "statistics_dtype",
-    "zero_pad",
+    "LayerNorm", "LayerScale", "Normalization", "Pad", "PointwiseConv", "SeparableConv2D",
+    "ShapeCheckedParams", "SqueezeExcite", "TFKerasBatchNorm", "activation", "avg_pool",
+    "batch_moments", "batch_norm", "batch_norm_multiplier", "classifier_head", "conv",
+    "correct_pad", "correct_pad_conv", "depthwise_conv", "depthwise_shift_add", "drop_connect",
+    "gelu", "hard_sigmoid", "hard_swish", "kernel_and_bias", "make_divisible", "max_pool",
+    "moving_average", "normalization_std", "normalize", "normalize_constant", "rescaling",
+    "squeeze_excite", "statistics_dtype", "zero_pad",
 ]

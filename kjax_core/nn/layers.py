@@ -17,19 +17,46 @@ from flax import linen as nn
 Dtype = Any
 Pad = tuple[tuple[int, int], tuple[int, int]]
 
+
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """Keras 3's ``hard_sigmoid``: ``relu6(x + 3) / 6`` (tf_keras' was ``clip(0.2 x + 0.5)``).
+    MobileNetV3 writes its own in the graph, ``relu6(x + 3) * (1 / 6)``: one rounding apart."""
+    return jax.nn.relu6(x + 3.0) / 6.0
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+    """Keras' ``hard_silu`` (alias ``hard_swish``): ``x * hard_sigmoid(x)``."""
+    return x * hard_sigmoid(x)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Keras' ``gelu``, exact (erf); ``jax.nn.gelu`` defaults to the tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
+
+
+def _softmax(x: jax.Array) -> jax.Array:
+    return jax.nn.softmax(x, axis=-1)
+
+
+# Keras activation names (the strings ``keras.activations.get`` takes) -> their Flax functions.
 ACTIVATIONS: dict[str | None, Callable[[jax.Array], jax.Array]] = {
-    None: lambda x: x,
-    "linear": lambda x: x,
-    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+    None: _identity,
+    "linear": _identity,
+    "softmax": _softmax,
     "sigmoid": jax.nn.sigmoid,
     "relu": jax.nn.relu,
     "relu6": jax.nn.relu6,
     "swish": jax.nn.silu,
     "silu": jax.nn.silu,
     "tanh": jnp.tanh,
-    # Keras' gelu is exact by default; jax.nn.gelu defaults to the tanh approximation.
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "hard_sigmoid": lambda x: jax.nn.relu6(x + 3.0) / 6.0,
+    "gelu": gelu,
+    "hard_sigmoid": hard_sigmoid,
+    "hard_silu": hard_swish,
+    "hard_swish": hard_swish,
 }
 
 

@@ -1,11 +1,13 @@
-"""Keras' normalisation layers as Flax twins: BatchNormalization and Normalization, with the
-statistics helpers that keep sums and per-channel vectors in (at least) float32."""
+"""Keras' normalisation layers as Flax twins: BatchNormalization (Keras 3's and tf_keras'),
+LayerNormalization, Normalization, and the constant in-graph preprocessing (Rescaling, Normalization
+with given mean and variance), with the statistics helpers that keep sums and per-channel vectors in
+(at least) float32."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -84,6 +86,12 @@ class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
     are not supported.
     """
 
+    @nn.nowrap
+    def moving_variance_correction(self, n: int) -> float:
+        """The factor on the batch variance a training step moves the moving variance toward, for
+        ``n`` values per channel: 1 (the biased variance), as Keras 3 and Flax."""
+        return 1.0
+
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
                  mask: jax.Array | None = None) -> jax.Array:
@@ -105,8 +113,10 @@ class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
             mean, var = batch_moments(x, reduction_axes, dtype=self.dtype,
                                       fast_variance=self.use_fast_variance)
             if not self.is_initializing():
+                n = x.size // max(1, math.prod(feature_shape))
                 ra_mean.value = moving_average(ra_mean.value, mean, self.momentum)
-                ra_var.value = moving_average(ra_var.value, var, self.momentum)
+                ra_var.value = moving_average(ra_var.value, var, self.momentum,
+                                              self.moving_variance_correction(n))
         scale = bias = None
         if self.use_scale:
             scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
@@ -122,6 +132,29 @@ class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
 
         y = (x.astype(dtype) - channels(mean)) * channels(mul)
         return y if bias is None else y + channels(bias)
+
+
+class TFKerasBatchNorm(BatchNorm):
+    """tf_keras' BatchNormalization (ResNet-RS, RegNet), which is :class:`BatchNorm` but for its
+    training step: tf_keras runs TensorFlow's fused kernel (channels last, float32), which
+    normalises with the biased batch variance but moves the moving variance toward the *unbiased*
+    one, ``n / (n - 1)`` times it (``n`` values per channel); Keras 3 and Flax move it toward the
+    biased one. The batch variance is computed as E[(x - E[x])^2]. Defaults are tf_keras' (epsilon
+    1e-3, momentum 0.99); the families pass their own. Same variables as :class:`BatchNorm`, so
+    the BatchNormalization layer rule and BatchNorm folding treat it alike.
+
+    (tf_keras' float64 layer cannot use the fused kernel and moves toward the biased variance:
+    this twin follows the float32 model users run, in every dtype.)
+    """
+
+    epsilon: float = 1e-3
+    momentum: float = 0.99
+    use_fast_variance: bool = False
+
+    @nn.nowrap
+    def moving_variance_correction(self, n: int) -> float:
+        """``n / (n - 1)``: the unbiased batch variance, as TensorFlow's fused kernel."""
+        return n / max(n - 1, 1)
 
 
 def batch_norm(
@@ -180,3 +213,77 @@ class Normalization(nn.Module):
             x = jnp.asarray(x, self.dtype)
         return normalize(x, mean, var, epsilon=self.epsilon, invert=self.invert)
 
+
+
+class LayerNorm(ShapeCheckedParams, nn.Module):
+    """Keras LayerNormalization over the last axis, with Keras' arithmetic and variables
+    ``scale`` (gamma) and ``bias`` (beta), each absent without ``use_scale`` / ``use_bias``
+    (Keras' ``scale`` / ``center``), as the LayerNormalization layer rule produces them.
+
+    ``epsilon`` has no default: Keras' is 1e-3, Flax's LayerNorm's 1e-6, ConvNeXt passes 1e-6.
+    Keras computes ``mean, var = moments(x)`` (the variance as E[(x - mean)^2]), ``inv =
+    rsqrt(var + epsilon) * gamma`` and ``x * inv + (beta - mean * inv)``; so does this twin (Flax's
+    LayerNorm computes ``(x - mean) * inv + beta`` with the variance as E[x^2] - mean^2). The
+    per-position mean and variance are computed in at least float32 (:func:`batch_moments`), as
+    Keras does, then the activations in the compute dtype ``dtype`` (default: the input's promoted
+    with the parameters').
+    """
+
+    epsilon: float
+    use_scale: bool = True
+    use_bias: bool = True
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (x.shape[-1],)
+        scale = bias = None
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        dtype = nn.dtypes.canonicalize_dtype(*(a for a in (x, scale, bias) if a is not None),
+                                             dtype=self.dtype)
+        mean, var = batch_moments(x, (x.ndim - 1,), dtype=dtype, fast_variance=False)
+        inv = batch_norm_multiplier(var, self.epsilon, None)
+        # the statistics meet the activations in the compute dtype
+        mean, inv = mean.astype(dtype)[..., None], inv.astype(dtype)[..., None]
+        if scale is not None:
+            inv = inv * scale.astype(dtype)
+        shift = -mean * inv
+        if bias is not None:
+            shift = shift + bias.astype(dtype)
+        return x.astype(dtype) * inv + shift
+
+
+# ------------------------------------------------------------- constant in-graph preprocessing
+#
+# Rescaling and Normalization with constants given to the Keras constructor (no weights: the
+# translator carries nothing, the Flax twin holds them). The constants are built in the dtype of
+# the computation, never float32 always: a float64 apply must hold no float32 constant.
+
+
+def rescaling(x: jax.Array, scale: float | Sequence[float],
+              offset: float | Sequence[float] = 0.0) -> jax.Array:
+    """Keras Rescaling: ``x * scale + offset`` (a number, or one per channel), the constants
+    in ``x.dtype``. ``x`` must already be in the compute dtype (Keras casts the input first).
+    (Keras on TensorFlow rounds the constants through float32 even in a float64 model;
+    ``kjax_core.parity`` makes its float64 reference exact.)"""
+    y = x * jnp.asarray(scale, x.dtype)
+    if not isinstance(offset, (int, float)) or offset != 0:  # Keras adds 0.0: the same values
+        y = y + jnp.asarray(offset, x.dtype)
+    return y
+
+
+def normalize_constant(x: jax.Array, mean: Sequence[float], variance: Sequence[float], *,
+                       epsilon: float = 1e-7, invert: bool = False) -> jax.Array:
+    """Keras Normalization built with constant ``mean`` and ``variance`` (one per channel):
+    :func:`normalize` with the constants in :func:`statistics_dtype` of ``x.dtype`` (float32 in
+    a float32 or bfloat16 model, as Keras, float64 in a float64 one). ``epsilon``: Keras'
+    ``backend.epsilon()``."""
+    stats = statistics_dtype(x.dtype)
+    return normalize(x, jnp.asarray(mean, stats), jnp.asarray(variance, stats), epsilon=epsilon,
+                     invert=invert)

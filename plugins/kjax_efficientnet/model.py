@@ -17,7 +17,6 @@ from functools import partial
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from kjax_core import nn as knn
@@ -63,13 +62,8 @@ class Block(knn.Block):
         if self.expand_ratio != 1:
             x = knn.conv(x, filters, 1, padding="same", use_bias=False, name="expand_conv", **kw)
             x = act(bn(x, name="expand_bn"))
-        if self.strides == 2:
-            x = knn.zero_pad(x, knn.correct_pad(x, self.kernel_size))
-            conv_pad = "valid"
-        else:
-            conv_pad = "same"
-        x = knn.depthwise_conv(x, self.kernel_size, strides=self.strides, padding=conv_pad,
-                               use_bias=False, name="dwconv", **kw)
+        x = knn.correct_pad_conv(x, self.kernel_size, strides=self.strides,
+                                 layer=knn.depthwise_conv, use_bias=False, name="dwconv", **kw)
         x = act(bn(x, name="bn"))
         if 0 < self.se_ratio <= 1:
             filters_se = max(1, int(self.filters_in * self.se_ratio))
@@ -79,10 +73,8 @@ class Block(knn.Block):
                      **kw)
         x = bn(x, name="project_bn")
         if self.id_skip and self.strides == 1 and self.filters_in == self.filters_out:
-            if self.drop_rate > 0:
-                # Keras: Dropout(drop_rate, noise_shape=(None, 1, 1, 1)), one draw per sample.
-                x = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), name="drop")(
-                    x, deterministic=not train)
+            # Keras: Dropout(drop_rate, noise_shape=(None, 1, 1, 1)), one draw per sample.
+            x = knn.drop_connect(x, self.drop_rate, train=train, name="drop")
             x = x + inputs
         return x
 
@@ -100,13 +92,8 @@ class EfficientNet(knn.Application):
     imagenet_rescaling: bool = False  # Keras' extra Rescaling, built only for weights="imagenet"
 
     def round_filters(self, filters: float) -> int:
-        """Round number of filters based on width multiplier."""
-        divisor = self.depth_divisor
-        filters *= self.width_coefficient
-        new_filters = max(divisor, int(filters + divisor / 2) // divisor * divisor)
-        if new_filters < 0.9 * filters:
-            new_filters += divisor
-        return int(new_filters)
+        """Keras' ``round_filters``: the width multiplier, then MobileNet's rounding."""
+        return knn.make_divisible(filters * self.width_coefficient, self.depth_divisor)
 
     def round_repeats(self, repeats: int) -> int:
         """Round number of repeats based on depth multiplier."""
@@ -119,15 +106,14 @@ class EfficientNet(knn.Application):
         act = knn.activation(self.activation)
         x = self.inputs(x)
         # Stem: the preprocessing Keras builds into the graph.
-        x = x * jnp.asarray(1.0 / 255.0, x.dtype)
+        x = knn.rescaling(x, 1.0 / 255.0)
         x = knn.Normalization(name="normalization", **kw)(x)
         if self.imagenet_rescaling:
             # Keras' Normalization divides by sqrt(variance), the original by the std itself
             # (tensorflow/tensorflow#49930); this undoes the difference for the imagenet weights.
-            x = x * jnp.asarray([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], x.dtype)
-        x = knn.zero_pad(x, knn.correct_pad(x, 3))
-        x = knn.conv(x, self.round_filters(32), 3, strides=2, use_bias=False, name="stem_conv",
-                     **kw)
+            x = knn.rescaling(x, [1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB])
+        x = knn.correct_pad_conv(x, 3, strides=2, features=self.round_filters(32), use_bias=False,
+                                 name="stem_conv", **kw)
         x = act(bn(x, name="stem_bn"))
 
         b = 0

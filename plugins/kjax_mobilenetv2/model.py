@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from kjax_core import nn as knn
@@ -30,16 +29,6 @@ BLOCKS = (
 )
 
 
-def _make_divisible(v, divisor, min_value=None):
-    """Keras' ``_make_divisible``: round to a multiple of ``divisor``, never down by > 10%."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
-
-
 class InvertedResBlock(knn.Block):
     """``_inverted_res_block``: 1x1 expand (not in block 0), 3x3 depthwise, 1x1 linear project,
     residual add when shapes allow. A strided depthwise is preceded by Keras' correct_pad."""
@@ -55,17 +44,14 @@ class InvertedResBlock(knn.Block):
         kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
         in_channels = inputs.shape[-1]
-        pointwise_filters = _make_divisible(int(self.filters * self.alpha), 8)
+        pointwise_filters = knn.make_divisible(int(self.filters * self.alpha), 8)
         x = inputs
         if self.block_id:
             x = knn.conv(x, self.expansion * in_channels, 1, padding="same", use_bias=False,
                          name="expand", **kw)
             x = jax.nn.relu6(bn(x, name="expand_BN"))
-        if self.stride == 2:
-            x = knn.zero_pad(x, knn.correct_pad(x, 3))
-        x = knn.depthwise_conv(x, 3, strides=self.stride, use_bias=False,
-                               padding="same" if self.stride == 1 else "valid",
-                               name="depthwise", **kw)
+        x = knn.correct_pad_conv(x, 3, strides=self.stride, layer=knn.depthwise_conv,
+                                 use_bias=False, name="depthwise", **kw)
         x = jax.nn.relu6(bn(x, name="depthwise_BN"))
         x = knn.conv(x, pointwise_filters, 1, padding="same", use_bias=False, name="project", **kw)
         x = bn(x, name="project_BN")
@@ -84,7 +70,7 @@ class MobileNetV2(knn.Application):
         kw = self.dtypes
         bn = partial(knn.batch_norm, train=train, epsilon=EPSILON, momentum=MOMENTUM, **kw)
         x = self.inputs(x)
-        x = knn.conv(x, _make_divisible(32 * self.alpha, 8), 3, strides=2, padding="same",
+        x = knn.conv(x, knn.make_divisible(32 * self.alpha, 8), 3, strides=2, padding="same",
                      use_bias=False, name="Conv1", **kw)
         x = jax.nn.relu6(bn(x, name="bn_Conv1"))
         for block_id, (filters, stride, expansion) in enumerate(BLOCKS):
@@ -98,7 +84,7 @@ class MobileNetV2(knn.Application):
                 **kw,
             )(x, train)
         # No alpha on the last conv, except that widths above 1.0 widen it.
-        last_block_filters = _make_divisible(1280 * self.alpha, 8) if self.alpha > 1.0 else 1280
+        last_block_filters = knn.make_divisible(1280 * self.alpha, 8) if self.alpha > 1.0 else 1280
         x = knn.conv(x, last_block_filters, 1, use_bias=False, name="Conv_1", **kw)
         x = jax.nn.relu6(bn(x, name="Conv_1_bn"))
         return self.top(x)

@@ -8,11 +8,11 @@ block of each group projects its shortcut (2x2 'same' average pooling, excluding
 count, then a 1x1 conv, where the group strides). Strided convs pad symmetrically by (k - 1) // 2
 whatever the input size (``fixed_padding``) and are 'valid'; the others are 'same'. BatchNorm epsilon
 1e-5 and momentum 0.0 (``bn_epsilon``, ``bn_momentum``); a training step moves the moving variance
-toward the *unbiased* batch variance, as tf_keras' fused BatchNormalization does (:class:`BatchNorm`;
-Keras 3 and flax.linen use the biased one). Dropout (before the classifier) and drop
-connect (``Dropout(survival_probability, noise_shape=(None, 1, 1, 1))`` in the deeper models: tf_keras
-passes the survival probability as the *drop* rate) act only with ``train=True``, which then needs a
-``"dropout"`` rng, as in Keras' ``training=True``.
+toward the *unbiased* batch variance, as tf_keras' fused BatchNormalization does
+(:class:`kjax_core.nn.TFKerasBatchNorm`; Keras 3 and flax.linen use the biased one). Dropout (before
+the classifier) and drop connect (``Dropout(survival_probability, noise_shape=(None, 1, 1, 1))`` in
+the deeper models: tf_keras passes the survival probability as the *drop* rate) act only with
+``train=True``, which then needs a ``"dropout"`` rng, as in Keras' ``training=True``.
 
 Module names join with ``_`` to tf_keras' explicit layer names: ``BlockGroup2_`` / ``block_0`` /
 ``_conv_1`` is ``BlockGroup2__block_0__conv_1``, and ``batch_norm_1`` (tf_keras drops an underscore
@@ -26,7 +26,6 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from kjax_core import nn as knn
@@ -48,48 +47,10 @@ BLOCK_REPEATS = {
 }
 
 
-class BatchNorm(knn.ShapeCheckedParams, knn.Block):
-    """tf_keras BatchNormalization (fused, channels last), with flax.linen.BatchNorm's variables
-    (params scale/bias, batch_stats mean/var) and its inference arithmetic. In training it normalises
-    with the biased batch variance but moves the moving variance toward the unbiased one
-    (n / (n - 1) times it, n the number of values per channel), as TensorFlow's fused kernel does;
-    with ResNet-RS' momentum 0.0 one step sets it to exactly that. The moving statistics are kept in
-    ``kjax_core.nn.statistics_dtype(param_dtype)``; the per-channel multiplier is computed there
-    and the activations are normalised in the compute dtype (as :class:`kjax_core.nn.BatchNorm`).
-    (:class:`~kjax_core.nn.ShapeCheckedParams`: no ``jax.eval_shape`` of the initialisers on every
-    trace, a third of the time of tracing a ResNet-RS.)"""
-
-    epsilon: float = BN_EPSILON
-    momentum: float = BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-        stats = knn.statistics_dtype(self.param_dtype)  # float32 unless the params are float64
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats)
-        if train:
-            # batch statistics from x upcast to at least float32 (kjax_core.nn's helpers hold
-            # the float32 exceptions of a bfloat16 model)
-            axes = tuple(range(x.ndim - 1))
-            mean, var = knn.batch_moments(x, axes, fast_variance=False)
-            if not self.is_initializing():
-                n = x.size // features
-                ra_mean.value = knn.moving_average(ra_mean.value, mean, self.momentum)
-                ra_var.value = knn.moving_average(ra_var.value, var, self.momentum,
-                                                  correction=n / max(n - 1, 1))
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        # per-channel multiplier in the statistics' dtype; the activations in the compute dtype
-        mul = knn.batch_norm_multiplier(var, self.epsilon, scale)
-        dtype = self.dtype or jnp.result_type(x, scale, bias)
-        return (x.astype(dtype) - mean.astype(dtype)) * mul.astype(dtype) + bias.astype(dtype)
-
-
 def batch_norm(x: jax.Array, *, name: str, train: bool, **kw) -> jax.Array:
-    return BatchNorm(name=name, **kw)(x, train)
+    """tf_keras' BatchNormalization with ResNet-RS' epsilon and momentum."""
+    return knn.TFKerasBatchNorm(use_running_average=not train, epsilon=BN_EPSILON,
+                                momentum=BN_MOMENTUM, name=name, **kw)(x)
 
 
 def conv_fixed_padding(x, filters, kernel_size, strides, *, name, **kw):
@@ -147,23 +108,11 @@ class BottleneckBlock(knn.Block):
         y = conv_fixed_padding(y, 4 * self.filters, 1, 1, name="_conv_3", **kw)
         y = bn(y, name="_batch_norm_3")
         if 0 < SE_RATIO < 1:
-            y = SqueezeExcite(max(1, int(self.filters * 4 * SE_RATIO)), name="_se", **kw)(y)
-        if self.survival_probability:
-            # noise_shape (None, 1, 1, 1): one draw per sample, shared over height, width, channels
-            y = nn.Dropout(self.survival_probability, broadcast_dims=(1, 2, 3),
-                           deterministic=not train, name="_drop")(y)
+            # tf_keras' SE(name="<block>_se") names its convs "<block>_se_se_reduce", ...
+            y = knn.SqueezeExcite(max(1, int(self.filters * 4 * SE_RATIO)), name="_se", **kw)(y)
+        # Dropout(survival_probability, noise_shape=(None, 1, 1, 1)): the probability as the rate
+        y = knn.drop_connect(y, self.survival_probability, train=train, name="_drop")
         return nn.relu(y + shortcut)
-
-
-class SqueezeExcite(knn.Block):
-    """``SE``: its layers are ``<block>_se_se_reduce`` / ``_se_se_expand``."""
-
-    reduced_filters: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return knn.squeeze_excite(x, self.reduced_filters, reduce_name="se_reduce",
-                                  expand_name="se_expand", **self.dtypes)
 
 
 class BlockGroup(knn.Block):
@@ -203,13 +152,9 @@ class ResNetRS(knn.Application):
         kw = self.dtypes
         x = self.inputs(x)
         if self.include_preprocessing:
-            x = x * jnp.asarray(1.0 / 255, x.dtype)  # Rescaling
+            x = knn.rescaling(x, 1.0 / 255)
             if x.shape[-1] == 3:  # Normalization with constant mean and variance
-                # The constants in the statistics dtype of the computation (float32 as tf_keras
-                # in a float32 or bfloat16 model, float64 in a float64 one), not float32 always.
-                stats = knn.statistics_dtype(x.dtype)
-                x = knn.normalize(x, jnp.asarray(IMAGENET_MEAN, stats),
-                                  jnp.asarray(IMAGENET_VARIANCE, stats))
+                x = knn.normalize_constant(x, IMAGENET_MEAN, IMAGENET_VARIANCE)
         x = Stem(name="stem_1", **kw)(x, train)
         repeats = BLOCK_REPEATS[self.depth]
         for i, (filters, num_repeats) in enumerate(zip((64, 128, 256, 512), repeats)):
