@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import (
     CorruptFileError,
+    InputError,
     KjaxError,
     OptionError,
     OutputError,
@@ -24,9 +25,10 @@ from .version import __version__
 
 
 __all__ = [
-    "CorruptFileError", "KjaxError", "LayerRule", "ModelSpec", "OptionError", "OutputError",
-    "PluginError", "UnknownModelError", "WeightsError", "create_model", "fold_batch_norm", "get_spec",
-    "hookimpl", "list_models", "load", "predictor", "preprocess_input", "save", "translate",
+    "CorruptFileError", "InputError", "KjaxError", "LayerRule", "ModelSpec", "OptionError",
+    "OutputError", "PluginError", "UnknownModelError", "WeightsError", "check_images", "create_model",
+    "decode_predictions", "fold_batch_norm", "get_spec", "hookimpl", "list_models", "load",
+    "load_image", "predictor", "preprocess_input", "pretrained", "save", "translate",
 ]
 
 
@@ -38,10 +40,48 @@ def create_model(name: str, **options: Any):
 
 
 def translate(name: str, weights: str | None = "imagenet", **options: Any):
-    """Keras weights -> Flax variables (see :func:`kjax_core.conversion.translate.translate`)."""
-    from .conversion.translate import translate as _translate
+    """Keras weights -> Flax variables (see :func:`kjax_core.conversion.translate.translate`).
 
-    return _translate(name, weights, **options)
+    :param weights: a named set (``"imagenet"``), None or ``"none"`` (Keras' random initial
+        weights), a weights file path, or ``"SET=PATH"`` (a file holding the set SET, built and
+        loaded as Keras does for SET). Unknown sets and missing files fail before Keras loads.
+    """
+    from .cache import translate_weights
+
+    return translate_weights(name, weights, **options)
+
+
+def pretrained(name: str, weights: str = "imagenet", **options: Any):
+    """``(module, variables)``: translated on the first call into the kjax cache (``$KJAX_CACHE``,
+    default ``~/.cache/kjax``), loaded from it afterwards without TensorFlow or Keras (see
+    :func:`kjax_core.cache.pretrained`)."""
+    from .cache import pretrained as _pretrained
+
+    return _pretrained(name, weights, **options)
+
+
+def decode_predictions(preds, top: int = 5):
+    """Keras' ``decode_predictions``, offline: the ``top`` ImageNet classes of each row as
+    ``(wordnet_id, label, score)`` (see :mod:`kjax_core.imagenet`)."""
+    from .imagenet import decode_predictions as _decode_predictions
+
+    return _decode_predictions(preds, top)
+
+
+def load_image(path, target_size=None, interpolation: str = "nearest"):
+    """An image file as Keras' ``img_to_array(load_img(path, target_size=...))``: float32 RGB
+    (height, width, 3) in [0, 255] (see :mod:`kjax_core.images`)."""
+    from .images import load_image as _load_image
+
+    return _load_image(path, target_size, interpolation)
+
+
+def check_images(images, model: str):
+    """Fail with a clear message unless ``images`` is a batch (N, H, W, C), channels last, as
+    ``model`` (a registered name) takes."""
+    from .images import check_images as _check_images
+
+    return _check_images(images, get_spec(model).input_size, model)
 
 
 def save(translation, path, **options: Any):

@@ -56,7 +56,9 @@ def _main(
 
 WeightsOption = typer.Option(
     "imagenet", "--weights", "-w",
-    help="imagenet (Keras' download and cache), none (random initial weights) or a weights file PATH.",
+    help="imagenet or another weight set of the model (Keras' download and cache), none (random "
+    "initial weights), a weights file PATH, or SET=PATH: a file holding the set SET (e.g. "
+    "imagenet=~/Downloads/efficientnetb0.h5), built and loaded as Keras does for SET.",
 )
 IncludeTop = typer.Option(True, "--include-top/--no-include-top", help="Keep the classifier.")
 Pooling = typer.Option("none", "--pooling", help="Without top: none, avg or max global pooling.")
@@ -121,6 +123,17 @@ def _request(
     return spec, options, shape if shape is None else check_input_shape(spec, shape)
 
 
+def _classifier_problem(options: dict[str, Any]) -> str | None:
+    """Why a model's top cannot give ImageNet class probabilities, or None when it can."""
+    if not options.get("include_top", True):
+        return "include_top=False"
+    if options.get("classes", 1000) != 1000:
+        return f"classes={options['classes']}"
+    if options.get("classifier_activation", "softmax") != "softmax":
+        return f"classifier_activation={options['classifier_activation']!r}"
+    return None
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n else "?"
 
@@ -155,14 +168,25 @@ def list_command(
     if not specs:
         err.print(f"error: no model matches {pattern!r}; run `kjax list` to see all")
         raise typer.Exit(1)
+    rows = [
+        {"name": s.name, "family": s.family, "params": _count(s.parameters),
+         "input": "x".join(map(str, s.input_size)), "preprocessing": s.preprocessing,
+         "plugin": owners[s.name] + (" (conflict)" if s.name in reg.conflicts else "")}
+        for s in specs
+    ]
+    # On a narrow terminal whole columns are left out, least useful first, rather than cutting
+    # or folding values: the name is what users type next.
+    columns = ["name", "family", "params", "input", "preprocessing", "plugin"]
+    width = {c: max(len(c), *(len(row[c]) for row in rows)) + 2 for c in columns}
+    for dropped in ("plugin", "preprocessing", "input", "family"):
+        if sum(width[c] for c in columns) <= out.width:
+            break
+        columns.remove(dropped)
     table = Table(box=None, header_style="bold")
-    for column in ("name", "family", "params", "input", "preprocessing", "plugin"):
-        table.add_column(column, justify="right" if column == "params" else "left")
-    for s in specs:
-        table.add_row(*map(Text, (
-            s.name, s.family, _count(s.parameters), "x".join(map(str, s.input_size)),
-            s.preprocessing, owners[s.name] + (" (conflict)" if s.name in reg.conflicts else ""),
-        )))
+    for column in columns:
+        table.add_column(column, justify="right" if column == "params" else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(row[c]) for c in columns))
     out.print(table)
 
 
@@ -175,12 +199,13 @@ def info(
     from .plugin_system.registry import get_spec
 
     spec = get_spec(model)
+    sets = _weight_sets(spec)
     facts = {
         "name": spec.name, "family": spec.family, "plugin": spec.plugin,
         "keras": spec.keras_constructor.replace(":", "."), "parameters": spec.parameters,
         "input_size": list(spec.input_size), "min_input_size": spec.min_input_size,
         "preprocessing": spec.preprocessing, "options": spec.default_options(),
-        "weights": [*spec.weights, "none", "PATH"],
+        "weights": [*spec.weights, "none", "PATH"], "weight_sets": sets,
     }
     if as_json:
         out.print_json(json.dumps(facts))
@@ -195,12 +220,44 @@ def info(
         + f" (default; at least {spec.min_input_size}x{spec.min_input_size})",
         "preprocessing": f"{spec.preprocessing} (kjax_core.preprocess_input('{spec.name}', images))",
         "options": ", ".join(f"{k}={v!r}" for k, v in facts["options"].items()),
-        "weights": ", ".join(facts["weights"]),
+        "weights": "\n".join(f"{name}: {text}" for name, text in sets.items()),
     }
-    del shown["min_input_size"]
+    del shown["min_input_size"], shown["weight_sets"]
     for key, value in shown.items():
         table.add_row(Text(key.replace("_", " ")), Text(str(value)))
     out.print(table)
+
+
+def _weight_sets(spec) -> dict[str, str]:
+    """What each value of --weights means for ``spec``, named sets first."""
+    import re
+
+    sized = {w: int(m.group(1)) for w in spec.weights if (m := re.fullmatch(r".+-i(\d+)", w))}
+    sets = {}
+    for name in spec.weights:
+        if name in sized:
+            text = f"ImageNet weights trained at {sized[name]}x{sized[name]}"
+        elif name == "imagenet" and sized:
+            # tf_keras' ResNet-RS rule (the only family with sized sets): bare imagenet is the
+            # set trained at the largest size.
+            largest = max(sized, key=sized.get)
+            text = f"the same as {largest} (the largest training size, as Keras picks it)"
+        elif name == "imagenet":
+            text = ("Keras' ImageNet weights, downloaded once into ~/.keras/models/; Keras has them "
+                    "for some option values only and says which when asked for others")
+        else:
+            text = "a weight set Keras downloads"
+        graph = spec.weights_options.get(name)
+        if graph:
+            changes = ", ".join(f"{k}={v!r}" for k, v in graph.items())
+            text += f"; Keras builds another graph for it ({changes}), so a file of it is given as {name}=PATH"
+        sets[name] = text
+    sets["none"] = "Keras' random initial weights (no download)"
+    sets["PATH"] = "a Keras weights file for this model and options (.h5, .weights.h5, .keras)"
+    if spec.weights:
+        sets["SET=PATH"] = (f"a file holding a named set, built and loaded as Keras does for that set "
+                            f"(e.g. {spec.weights[0]}=~/Downloads/weights.h5)")
+    return sets
 
 
 @app.command()
@@ -218,33 +275,42 @@ def translate(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
+    from .conversion.keras_model import resolve_weights
     from .storage.output import VARIABLE_FILES, check_destination
 
+    # Everything that can be checked without Keras is checked first (each within a second).
     spec, options, shape = _request(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
+    choice = resolve_weights(spec, weights)
     if fmt not in VARIABLE_FILES:
         raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
     check_destination(output, force)
 
-    from .conversion.translate import translate as run_translation
-    from .storage.output import save
     from .conversion.keras_model import import_keras_quietly, translation_backend
+    from .cache import _translate_choice
+    from .storage.output import save
 
     # Keras 3 models are built on Keras' JAX backend unless KERAS_BACKEND says otherwise: no
     # TensorFlow import, less time and memory, the same weights (kjax verify stays on TensorFlow).
     import_keras_quietly(translation_backend(spec))
 
     with _progress() as progress:
-        translation = run_translation(
-            spec.name, _weights(weights), input_shape=shape, progress=progress, **options
-        )
-    path = save(translation, output, fmt=fmt, force=force)
+        translation = _translate_choice(spec, options, shape, choice, progress)
+        path = save(translation, output, fmt=fmt, force=force, progress=progress)
     leaves = sum(1 for _ in _leaves(translation.variables))
     size = sum(f.stat().st_size for f in path.iterdir())
-    out.print(
-        f"{path}  {spec.name}  {leaves} arrays  {size / 1e6:.1f} MB  weights={translation.reference.weights}"
-    )
+    reference = translation.reference
+    if reference.weights is None:
+        label = "none (random initial weights)"
+    elif reference.weights in spec.weights and choice.file:
+        label = f"{reference.weights} (from {choice.file})"
+    else:
+        label = reference.weights
+    out.print(f"{path}  {spec.name}  {leaves} arrays  {size / 1e6:.1f} MB  weights={label}")
+    shown = _shell_word(str(path))
+    step = f"kjax predict {shown} IMAGE, or " if _classifier_problem(options) is None else ""
+    err.print(f"next: {step}kjax_core.load({str(path)!r}) in Python")
 
 
 @app.command()
@@ -271,7 +337,9 @@ def verify(
         2.0, "--float32-factor", min=0.0,
         help="kjax in float32 may be this many times as far from Keras float64 as Keras float32.",
     ),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Seed of the random weights (with --weights random) and of the random batch."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Run Keras and the translated Flax model on one random batch and judge them in float64.
@@ -285,11 +353,15 @@ def verify(
     spec, options, shape = _request(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
+    randomised = weights.strip().lower() == "random"
+    if not randomised:
+        from .conversion.keras_model import resolve_weights
+
+        resolve_weights(spec, weights)  # an unknown set or a missing file fails before Keras loads
     from . import parity
     from .conversion.keras_model import import_keras_quietly
 
     import_keras_quietly()
-    randomised = weights.strip().lower() == "random"
     with _progress() as progress:
         progress("build", 0, None)
         translation, keras_model = parity.reference_model(
@@ -367,7 +439,152 @@ def check(path: Path = typer.Argument(..., help="An output directory of `kjax tr
     from .storage.output import verify as verify_output
 
     config = verify_output(path)
-    out.print(f"{path}: ok ({config['model']}, {config['format']}, weights={config.get('weights')})")
+    out.print(f"{path}: ok ({config['model']}, {config['format']}, weights={config.get('weights') or 'none'})")
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(
+        ..., metavar="MODEL_OR_OUT",
+        help="A model name (its weights are translated once into the kjax cache, see `kjax cache`) "
+        "or an output directory of `kjax translate`.",
+    ),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files (JPEG, PNG, ...)."),
+    top: int = typer.Option(5, "--top", "-k", min=1, max=1000, help="Classes shown per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    weights: str = typer.Option(
+        "imagenet", "--weights", "-w",
+        help="With a model name: imagenet or another weight set, a weights file PATH, or SET=PATH.",
+    ),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="KEY=VALUE",
+        help="With a model name: a family option, e.g. --set alpha=0.35.",
+    ),
+) -> None:
+    """Classify images with an ImageNet model: the top classes and their probabilities.
+
+    Images are read and resized as keras.utils.load_img(target_size=...) does and preprocessed
+    as the model expects."""
+    from .preprocessing import apply_mode
+
+    source = Path(model).expanduser()
+    if source.is_dir() or os.sep in model:
+        from .storage.output import verify as verify_output
+
+        config = verify_output(source)
+        name, options = config["model"], config["options"]
+        size, preprocessing = config["input_shape"], config.get("preprocessing")
+        if preprocessing is None:  # outputs of older kjax: the registry knows
+            from .plugin_system.registry import get_spec
+
+            preprocessing = get_spec(name).preprocessing
+        cached = True
+    else:
+        from .cache import cached_entry, prepare
+
+        spec, options, _, choice = prepare(model, weights, _options(True, "none", None, "softmax", set_))
+        name, size, preprocessing = spec.name, spec.input_size, spec.preprocessing
+        cached = cached_entry(spec, options, None, choice) is not None
+    problem = _classifier_problem(options)
+    if problem:
+        raise OptionError(
+            f"{name} has no ImageNet classifier to predict with ({problem}); kjax predict needs "
+            "the 1000-class softmax top (include_top=True, classes=1000, classifier_activation=softmax)"
+        )
+    from .images import load_image
+
+    # The images are read before the model, so that a wrong path fails at once.
+    pixels = [load_image(path, target_size=size[:2]) for path in images]
+
+    if source.is_dir() or os.sep in model:
+        from .storage.output import load
+
+        module, variables = load(source)
+    else:
+        from .conversion.keras_model import import_keras_quietly, translation_backend
+        from .cache import cache_dir, pretrained
+
+        if not cached:
+            err.print(f"translating {name} ({weights}) once into the kjax cache, {cache_dir()}")
+            import_keras_quietly(translation_backend(spec))
+        with _progress() as progress:
+            module, variables = pretrained(name, choice, progress=progress, **options)
+
+    import jax
+    import numpy as np
+
+    from .imagenet import decode_predictions
+
+    apply = jax.jit(module.apply)
+    results = []
+    for start in range(0, len(pixels), 16):  # bounded memory for many images
+        batch = apply_mode(preprocessing, np.stack(pixels[start:start + 16]))
+        results += decode_predictions(np.asarray(apply(variables, batch)), top=top)
+    if as_json:
+        out.print_json(json.dumps([
+            {"image": str(path), "predictions": [
+                {"class": wnid, "label": label, "probability": float(score)}
+                for wnid, label, score in found]}
+            for path, found in zip(images, results)
+        ]))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("image", "#", "label", "probability", "class"):
+        table.add_column(column, justify="right" if column in ("#", "probability") else "left",
+                         no_wrap=column != "image", overflow="fold")
+    for path, found in zip(images, results):
+        for rank, (wnid, label, score) in enumerate(found, 1):
+            table.add_row(*map(Text, (str(path) if rank == 1 else "", str(rank), label,
+                                      f"{float(score):.4f}", wnid)))
+    out.print(table)
+
+
+cache_app = typer.Typer(
+    help="The kjax cache of pretrained translations ($KJAX_CACHE, default ~/.cache/kjax).",
+    no_args_is_help=True, rich_markup_mode=None,
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """List the cached translations."""
+    from .cache import cache_dir, cache_entries
+
+    rows = cache_entries()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        err.print(f"the kjax cache ({cache_dir()}) is empty; `kjax predict MODEL IMAGE` fills it")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("model", "weights", "options", "size", "created", "path"):
+        table.add_column(column, justify="right" if column == "size" else "left",
+                         no_wrap=column in ("model", "size"), overflow="fold")
+    for row in rows:
+        options = ", ".join(f"{k}={v!r}" for k, v in row["options"].items()) or "-"
+        table.add_row(*map(Text, (row["model"], str(row["weights"] or "none"), options,
+                                  f"{row['size'] / 1e6:.1f} MB", row["created"] or "?", row["path"])))
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Optional[str] = typer.Argument(None, help="Only this model's translations."),
+) -> None:
+    """Delete cached translations (all, or one model's)."""
+    from .cache import cache_dir, clear_cache
+
+    removed = clear_cache(model)
+    what = f" of {model}" if model else ""
+    err.print(f"removed {len(removed)} cached translation{'s' * (len(removed) != 1)}{what} from {cache_dir()}")
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -396,7 +613,7 @@ class _progress:
     def update(self, event: str, done: int, total: int | None) -> None:
         if event not in self._tasks:
             label = {"build": "Building the Keras model (fetching weights if needed)",
-                     "layer": "Translating layers"}.get(event, event)
+                     "layer": "Translating layers", "write": "Writing"}.get(event, event)
             for task in self._tasks.values():
                 self._progress.update(task, completed=1, total=1)
             self._tasks[event] = self._progress.add_task(label, total=total)
@@ -431,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="kjax", standalone_mode=False)
     except KjaxError as error:
-        err.print(f"error: {error}", markup=False)
+        err.print(f"error: {error.cli_message}", markup=False)
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")

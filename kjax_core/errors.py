@@ -1,16 +1,31 @@
 """The one exception family of kjax.
 
-Library code raises these; the CLI prints ``str(error)`` as one line and exits with ``exit_code``.
-Every message says what went wrong and what to do next.
+Library code raises these; the CLI prints one line and exits with ``exit_code``. Every message says
+what went wrong and what to do next, in the words of the caller: ``str(error)`` speaks Python
+(``force=True``, ``weights="imagenet=PATH"``); where the command line says it differently
+(``--force``, ``--weights imagenet=PATH``) the error carries that wording too, and the CLI prints it.
 """
 
 from __future__ import annotations
 
 
 class KjaxError(Exception):
-    """Base of every error kjax raises on purpose."""
+    """Base of every error kjax raises on purpose.
+
+    :param cli: the same message worded for the command line, where it names flags; None when the
+        message reads the same for both.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
+
+    @property
+    def cli_message(self) -> str:
+        """What the ``kjax`` command prints (after ``error: ``)."""
+        return self.cli or str(self)
 
 
 class UnknownModelError(KjaxError):
@@ -39,3 +54,10 @@ class OutputError(KjaxError):
 
 class PluginError(KjaxError):
     """A plugin that failed to load or registered something inconsistent."""
+
+
+class InputError(KjaxError):
+    """Inputs of the wrong shape or kind for a model (images without a batch axis, channels
+    first, a score array that is not (N, 1000))."""
+
+    exit_code = 2

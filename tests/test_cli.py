@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,10 @@ def test_translate_writes_a_complete_output(written):
     out, result = written
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "variables.msgpack"]
     assert result.stdout.startswith(str(out)) and "318 arrays" in result.stdout
-    assert result.stderr == "", "TensorFlow's start-up notices must not reach the user"
+    # What the user typed (none), said plainly, and the next step (no predict: no classifier).
+    assert result.stdout.rstrip().endswith("weights=none (random initial weights)")
+    # TensorFlow's start-up notices must not reach the user: stderr holds the next step only.
+    assert result.stderr == f"next: kjax_core.load({str(out)!r}) in Python\n"
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "resnet50" and config["options"]["pooling"] == "avg"
     assert config["options"]["include_top"] is False and config["weights"] is None
@@ -187,7 +191,11 @@ def test_safetensors_and_msgpack_hold_the_same(tmp_path):
     original = flatten_dict(translation.variables)
     assert len(original) == 318
     for fmt in ("msgpack", "safetensors"):
-        kjax_core.save(translation, tmp_path / fmt, fmt=fmt)
+        events = []
+        kjax_core.save(translation, tmp_path / fmt, fmt=fmt, progress=lambda *e: events.append(e))
+        # The write is shown too: one step per array, then checksums, fsync and the move.
+        assert events[0] == ("write", 0, 319) and events[-1] == ("write", 319, 319)
+        assert len(events) >= 319 and all(e[0] == "write" for e in events)
         _, variables = kjax_core.load(tmp_path / fmt)
         loaded = flatten_dict(variables)
         assert loaded.keys() == original.keys()
@@ -290,6 +298,18 @@ def test_info(capsys):
     assert "Did you mean 'resnet50'" in err
 
 
+def test_info_explains_weight_sets(capsys):
+    code, out, err = run_cli(["info", "resnetrs50", "--json"], capsys)
+    sets = json.loads(out)["weight_sets"]
+    assert list(sets) == ["imagenet", "imagenet-i160", "none", "PATH", "SET=PATH"]
+    assert "the same as imagenet-i160" in sets["imagenet"]
+    assert "trained at 160x160" in sets["imagenet-i160"]
+    code, out, err = run_cli(["info", "efficientnetb0", "--json"], capsys)
+    assert "imagenet_rescaling=True" in json.loads(out)["weight_sets"]["imagenet"]
+    code, out, err = run_cli(["info", "resnetrs50"], capsys)
+    assert "imagenet-i160: ImageNet weights trained at 160x160" in " ".join(out.split())
+
+
 def test_warnings_reach_the_user_as_one_line(capsys, monkeypatch):
     """Keras warns (e.g. MobileNetV2 falling back to its 224 weights) through Python warnings; the
     CLI shows each as one line."""
@@ -340,3 +360,106 @@ def test_translate_on_the_jax_backend_gives_the_same_variables(tmp_path):
     ours = flatten_dict(variables)
     for path, value in flatten_dict(translation.variables).items():
         np.testing.assert_array_equal(np.asarray(ours[path]), np.asarray(value))
+
+
+def _fresh_cli(args, **env):
+    """The CLI in a fresh process: (exit code, stdout, stderr, seconds, heavy modules imported)."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys\nfrom kjax_core.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('HEAVY', [m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules], file=sys.stderr)")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                            text=True, env={**os.environ, **env}, timeout=120)
+    seconds = time.perf_counter() - started
+    err, _, heavy = result.stderr.rpartition("HEAVY ")
+    return result.returncode, result.stdout, err, seconds, heavy.strip()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["translate", "resnetrs50", "--weights", "imagenet-i999", "-o", "{tmp}/a"],
+     "resnetrs50 has no weight set 'imagenet-i999' (its sets: imagenet, imagenet-i160)"),
+    (["translate", "resnet50", "--weights", "{tmp}/missing.h5", "-o", "{tmp}/b"], "weights file not found"),
+    (["translate", "resnet50", "-o", "/proc/kjax-test/out"],
+     "cannot create /proc/kjax-test/out: /proc does not take new folders"),
+    (["translate", "efficientnetb0", "--weights", "imagenet=", "-o", "{tmp}/c"], "names no file"),
+    (["verify", "resnetrs50", "--weights", "imagenet-i999"], "has no weight set 'imagenet-i999'"),
+    (["predict", "resnet50", "{tmp}/cat.jpg"], "image not found"),
+])
+def test_cheap_checks_come_before_keras(tmp_path, args, message):
+    """Measured before: an unknown weight set failed after 11-17 s, a missing file after 4.9 s and
+    -o /proc/x after 8.7 s (with "No such file or directory"), all after the Keras build."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    code, out, err, seconds, heavy = _fresh_cli(args, KJAX_CACHE=str(tmp_path / "cache"))
+    assert code in (1, 2) and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert heavy == "[]", f"imported {heavy} before refusing"
+    print(f"{' '.join(args[:2])}: refused in {seconds:.2f} s (fresh process)")
+    assert seconds < 3  # about 0.3 s on an idle machine; generous for a busy one
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_check_an_unreadable_output(written, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import kjax_core.storage.output as output
+
+    copy = tmp_path / "copy"
+    shutil.copytree(written[0], copy)
+    (copy / "variables.msgpack").chmod(0)
+    if os.geteuid() == 0:  # root reads anything: let the file refuse as it would refuse a user
+        real_open = open
+
+        def refusing_open(file, *args, **kwargs):
+            if str(file).endswith("variables.msgpack"):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(output, "open", refusing_open, raising=False)
+    code, out, err = run_cli(["check", copy], capsys)
+    one_line_error(code, err, 1)  # was "internal error: PermissionError", exit 3
+    assert f"cannot read {copy / 'variables.msgpack'}: permission denied" in err
+
+
+def test_list_at_60_columns_keeps_whole_names(tmp_path):
+    code, out, err, _, heavy = _fresh_cli(["list"], COLUMNS="60")
+    assert code == 0 and heavy == "[]"
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 60
+    names = [line.split()[0] for line in lines[1:]]
+    assert set(kjax_core.list_models()) <= set(names)  # efficientnetb0 whole, not "efficie…"
+
+
+def test_every_option_has_help(capsys):
+    for command in ("translate", "verify", "predict", "info", "list", "check"):
+        code, out, err = run_cli([command, "--help"], capsys)
+        assert code == 0
+        lines = out.splitlines()
+        bare = []
+        for i, line in enumerate(lines):
+            if not line.strip().startswith("-") or "--help" in line:
+                continue
+            parts = re.split(r"\s{2,}", line.strip())
+            text = parts[1] if len(parts) > 1 else lines[i + 1].strip()
+            if not text or text.startswith("["):  # only "[default: ...]": no help of its own
+                bare.append(parts[0])
+        assert not bare, f"{command}: options without help: {bare}"
+    code, out, err = run_cli(["verify", "--help"], capsys)
+    assert "Seed of the random weights" in " ".join(out.split())
+
+
+def test_python_errors_speak_python(written, tmp_path):
+    """A library caller is told about arguments (force=True, weights=None), the CLI about flags."""
+    with pytest.raises(kjax_core.OutputError) as error:
+        kjax_core.save(None, written[0])
+    assert "pass force=True to replace it" in str(error.value) and "--" not in str(error.value)
+    assert "pass --force" in error.value.cli_message
+    with pytest.raises(kjax_core.WeightsError) as error:
+        kjax_core.translate("resnet50", str(tmp_path / "missing.h5"))
+    assert "weights='imagenet' or None" in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(kjax_core.WeightsError) as error:
+        kjax_core.translate("mobilenetv2", "imagenet-i999")
+    assert str(error.value) == (
+        "mobilenetv2 has no weight set 'imagenet-i999' (its sets: imagenet); pass one of them, a "
+        "weights file path, 'SET=PATH' for a file holding a named set, or None for random weights")

@@ -2,6 +2,7 @@
 file, so the Keras constructor runs exactly as with a network (file name, loading by layer order from
 a legacy HDF5 file); kjax must give what Keras gives with those weights."""
 
+import hashlib
 import json
 
 import jax
@@ -54,11 +55,79 @@ def test_resnet50_imagenet(tmp_path, serve_weights, include_top, fname, capsys):
 
 
 def test_imagenet_without_network_fails_fast_with_advice(tmp_path, serve_weights, capsys):
+    import os
+
     code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "out"], capsys)
     assert code == 1
-    assert err.count("\n") == 1 and "--weights PATH" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # The exact file Keras asked for, from where, and where Keras would find it.
+    fname = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    url = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{fname}"
+    cache = os.path.join(os.path.expanduser("~"), ".keras", "models", fname)
+    assert err == (f"error: could not download the imagenet weights of resnet50 (offline): Keras asked for "
+                   f"{fname} from {url}; download it where there is a network and put it at {cache}, or "
+                   "pass --weights imagenet=PATH\n")
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.iterdir()) == []
+    # Python callers are told about the argument instead of the flag.
+    with pytest.raises(kjax_core.WeightsError, match=r"or pass weights='imagenet=PATH'$"):
+        kjax_core.translate("resnet50", include_top=False)
+    assert serve_weights["_asked"][-1] == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+def test_a_file_of_a_named_set_given_as_set_equals_path(tmp_path, capsys):
+    """resnet50: imagenet=PATH loads the file as Keras loads its own imagenet file."""
+    fname = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    _, keras_model = reference_model("resnet50", include_top=False, input_shape=(64, 64, 3))
+    path = save_legacy_h5(keras_model, tmp_path / fname)
+    code, out, err = run_cli(["translate", "resnet50", "-w", f"imagenet={path}", "--no-include-top",
+                              "--input-shape", "64,64,3", "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert out.rstrip().endswith(f"weights=imagenet (from {path})")
+    module, variables = kjax_core.load(tmp_path / "out")
+    x = apply_mode("caffe", sample_images((2, 64, 64, 3), 3))
+    assert relative_error(module.apply(variables, x), keras_model(x)) < 1e-4
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source_weights"] == {"path": str(path), "sha256": sha256_file(path)}
+
+
+def test_efficientnet_imagenet_file_given_as_a_path(tmp_path, serve_weights, monkeypatch, capsys):
+    """EfficientNet's graph differs for imagenet weights (one more Rescaling): its imagenet file
+    given as a path is recognised by the hash Keras publishes, or named with imagenet=PATH;
+    any other file is read into the graph without named weights, with a warning saying so."""
+    from keras.src.applications import efficientnet
+
+    from kjax_core import get_spec
+    from kjax_core.conversion.keras_model import build_keras_model
+
+    shape, fname = (67, 45, 3), "efficientnetb0_notop.h5"
+    _, keras_plain = reference_model("efficientnetb0", include_top=False, input_shape=shape)
+    path = save_legacy_h5(keras_plain, tmp_path / fname)
+    serve_weights[fname] = path
+    spec = get_spec("efficientnetb0")
+    options = {**spec.default_options(), "include_top": False}
+    keras_imagenet = build_keras_model(spec, options, "imagenet", shape).model  # Keras' own path
+    x = sample_images((2, *shape), 4)
+    want, plain = keras_imagenet(x), keras_plain(x)
+    assert relative_error(plain, want) > 1e-3  # the two graphs compute different things
+
+    named = kjax_core.translate("efficientnetb0", f"imagenet={path}", include_top=False, input_shape=shape)
+    assert named.reference.weights == "imagenet" and named.module.imagenet_rescaling
+    assert relative_error(named.module.apply(named.variables, x), want) < 1e-4
+
+    with pytest.warns(UserWarning, match=f"is not the file Keras publishes .* name the set: imagenet={path}"):
+        other = kjax_core.translate("efficientnetb0", str(path), include_top=False, input_shape=shape)
+    assert relative_error(other.module.apply(other.variables, x), plain) < 1e-4
+
+    # The file Keras publishes (here: its hash made this file's) is recognised as imagenet.
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(efficientnet.WEIGHTS_HASHES, "b0", (md5, md5))
+    code, out, err = run_cli(["translate", "efficientnetb0", "-w", path, "--no-include-top",
+                              "--input-shape", "67,45,3", "-o", tmp_path / "out"], capsys)
+    assert code == 0 and "warning" not in err, err
+    assert out.rstrip().endswith(f"weights=imagenet (from {path})")
+    module, variables = kjax_core.load(tmp_path / "out")
+    assert module.imagenet_rescaling and relative_error(module.apply(variables, x), want) < 1e-4
 
 
 def test_weights_file_path(tmp_path, capsys):
@@ -104,5 +173,5 @@ def test_download_failures_are_weights_errors(tmp_path, monkeypatch, capsys, fai
     monkeypatch.setattr(file_utils, "get_file", get_file)
     code, out, err = run_cli(["translate", "resnet50", "-o", tmp_path / "out"], capsys)
     assert code == 1 and err.count("\n") == 1
-    assert "could not download the imagenet weights of resnet50" in err and "--weights PATH" in err
+    assert "could not download the imagenet weights of resnet50" in err and "--weights imagenet=PATH" in err
     assert list(tmp_path.iterdir()) == []

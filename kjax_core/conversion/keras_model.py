@@ -4,11 +4,19 @@ TensorFlow is the reference engine: unless the user chose a Keras backend, kjax 
 ``tensorflow`` before Keras is first imported. Imagenet weights come through the Keras constructor
 itself, so Keras' own download, cache and hash check serve; a weights file is loaded by the model's
 own ``load_weights`` (HDF5 and ``.weights.h5``/``.keras`` files; no pickle is involved).
+
+Weights are named in one of four ways (:func:`resolve_weights`, which checks them before anything
+heavy is imported): a named set of the spec (``"imagenet"``), ``None`` (or ``"none"``: Keras' random
+initial weights), a file ``PATH``, or ``"SET=PATH"``: a file that holds the named set SET. The last
+builds exactly what Keras builds for SET (EfficientNet's graph differs for imagenet weights) and
+hands PATH to Keras in place of its download.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import hashlib
 import io
 import os
 import sys
@@ -189,7 +197,9 @@ class KerasReference:
     """A built Keras model and where its weights came from."""
 
     model: Any
-    weights: str | None  # "imagenet", a file path, or None (random initial weights)
+    # The named set whose graph and loading Keras performed ("imagenet", also for SET=PATH), else
+    # the weights file, else None (random initial weights).
+    weights: str | None
     weights_file: str | None  # the file the weights were read from, when there is one
 
 
@@ -197,7 +207,10 @@ def check_weights_file(path: str) -> Path:
     """A readable weights file in a format Keras loads without pickle, or a clear error."""
     file = Path(path).expanduser()
     if not file.exists():
-        raise WeightsError(f"weights file not found: {path}; check the path (or use --weights imagenet or none)")
+        raise WeightsError(
+            f"weights file not found: {path}; check the path, or pass weights='imagenet' or None",
+            cli=f"weights file not found: {path}; check the path, or pass --weights imagenet or none",
+        )
     if not file.is_file():
         raise WeightsError(f"weights path is not a file: {path}")
     try:
@@ -225,9 +238,102 @@ def check_weights_file(path: str) -> Path:
     return file
 
 
+@dataclass(frozen=True)
+class WeightsChoice:
+    """A ``weights`` argument, checked (:func:`resolve_weights`).
+
+    ``set`` is the named weight set whose graph and loading Keras performs (None: the graph Keras
+    builds without named weights); ``file`` a checked weights file (for ``SET=PATH``: the file
+    handed to Keras in place of its download); ``recognised`` says that a plain PATH turned out
+    to be the file Keras publishes for ``set`` (:func:`recognise_weights_file`).
+    """
+
+    set: str | None
+    file: str | None = None
+    recognised: bool = False
+
+    @property
+    def argument(self) -> str | None:
+        """What the translation is asked for: the set (its file served, if any), else the file."""
+        return self.set or self.file
+
+
+def _looks_like_set_name(text: str) -> bool:
+    return os.sep not in text and "." not in text and "/" not in text
+
+
+def _unknown_set(spec: ModelSpec, name: str) -> WeightsError:
+    named = f"its sets: {', '.join(spec.weights)}" if spec.weights else "it has no named sets"
+    return WeightsError(
+        f"{spec.name} has no weight set '{name}' ({named}); pass one of them, a weights file path, "
+        "'SET=PATH' for a file holding a named set, or None for random weights",
+        cli=f"{spec.name} has no weight set '{name}' ({named}); pass --weights with one of them, "
+        "a file PATH, SET=PATH, or none",
+    )
+
+
+def resolve_weights(spec: ModelSpec, weights: Any) -> WeightsChoice:
+    """Check a ``weights`` argument without importing Keras: a named set of ``spec``, None or
+    ``"none"``, an existing weights file, or ``"SET=PATH"``. Unknown set names and missing or
+    unreadable files fail here, before any expensive work."""
+    if isinstance(weights, WeightsChoice):
+        return weights
+    if weights is None:
+        return WeightsChoice(None)
+    if not isinstance(weights, (str, os.PathLike)):
+        raise WeightsError(
+            f"weights must be a weight set name, a file path or None; got {type(weights).__name__}"
+        )
+    text = os.fspath(weights)
+    if text.strip().lower() == "none":
+        return WeightsChoice(None)
+    if text in spec.weights:
+        return WeightsChoice(text)
+    if os.path.exists(os.path.expanduser(text)):  # a file whose name holds '=' is still a file
+        return WeightsChoice(None, str(check_weights_file(text)))
+    name, sep, path = text.partition("=")
+    if sep and name and _looks_like_set_name(name):
+        if name not in spec.weights:
+            raise _unknown_set(spec, name)
+        if not path.strip():
+            raise WeightsError(
+                f"'{text}' names no file; pass '{name}=PATH' with the file holding the {name} weights",
+                cli=f"--weights {text} names no file; pass --weights {name}=PATH",
+            )
+        return WeightsChoice(name, str(check_weights_file(path)))
+    if _looks_like_set_name(text):
+        raise _unknown_set(spec, text)
+    return WeightsChoice(None, str(check_weights_file(text)))
+
+
+# The file served to Keras' get_file in place of a named set's download, for the duration of a
+# `weights_served` block (what the public API does for "SET=PATH").
+_SERVED: contextvars.ContextVar[WeightsChoice | None] = contextvars.ContextVar(
+    "kjax_served_weights", default=None)
+
+
 @contextlib.contextmanager
-def _record_downloads(record: list[str]) -> Iterator[None]:
-    """Note the files Keras' get_file returns (the cached imagenet weights) while building."""
+def weights_served(choice: WeightsChoice) -> Iterator[None]:
+    """While active, a build of ``choice.set`` hands ``choice.file`` to Keras instead of
+    downloading: lets a caller translate with ``weights=choice.set`` (so that the Flax graph is
+    the set's) from the user's file."""
+    token = _SERVED.set(choice if choice.set and choice.file else None)
+    try:
+        yield
+    finally:
+        _SERVED.reset(token)
+
+
+class _Probe(Exception):
+    """Raised by the intercepted get_file to stop a build once Keras has named its file."""
+
+
+@contextlib.contextmanager
+def _intercept_get_file(record: list[dict[str, Any]], serve: str | None = None,
+                        probe: bool = False) -> Iterator[None]:
+    """Note each file Keras' get_file is asked for (name, URL, expected hash, cache folder) and the
+    path it returned; with ``serve``, return that file instead of downloading; with ``probe``,
+    stop the build at the first request (:class:`_Probe`)."""
     import importlib
 
     patched = []
@@ -240,12 +346,19 @@ def _record_downloads(record: list[str]) -> Iterator[None]:
             continue
         original = getattr(module, attribute)
 
-        def recording(*args, _original=original, **kwargs):
-            path = _original(*args, **kwargs)
-            record.append(str(path))
+        def intercepted(fname=None, origin=None, *args, _original=original, _module=module_name, **kwargs):
+            request = {"fname": fname, "origin": origin, "module": _module, "path": None,
+                       "file_hash": kwargs.get("file_hash") or kwargs.get("md5_hash"),
+                       "cache_subdir": kwargs.get("cache_subdir", "datasets"),
+                       "cache_dir": kwargs.get("cache_dir")}
+            record.append(request)
+            if probe:
+                raise _Probe()
+            path = serve if serve is not None else _original(fname, origin, *args, **kwargs)
+            request["path"] = str(path)
             return path
 
-        setattr(module, attribute, recording)
+        setattr(module, attribute, intercepted)
         patched.append((module, attribute, original))
     try:
         yield
@@ -254,70 +367,166 @@ def _record_downloads(record: list[str]) -> Iterator[None]:
             setattr(module, attribute, original)
 
 
+def keras_cache_path(request: dict[str, Any]) -> str:
+    """Where Keras' get_file looks for (and stores) the file of ``request``: Keras 3 under
+    KERAS_HOME or ~/.keras, tf_keras under ~/.keras, each falling back to /tmp/.keras when that
+    is not writable, then ``cache_subdir``."""
+    base = request.get("cache_dir")
+    if base is None:
+        if request["module"].startswith("keras."):
+            base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        else:
+            base = os.path.join(os.path.expanduser("~"), ".keras")
+    base = os.path.expanduser(base)
+    if not os.access(base, os.W_OK):  # as get_file decides
+        base = os.path.join("/tmp", ".keras")
+    return os.path.join(base, request.get("cache_subdir") or "datasets", request["fname"])
+
+
+def file_matches_hash(path: str, expected: str) -> bool:
+    """Keras' rule for its published hashes: 64 hex digits are a sha256, anything else an md5."""
+    digest = hashlib.sha256() if len(expected) == 64 else hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == expected.lower()
+
+
+def published_file(
+    spec: ModelSpec, options: dict[str, Any], weight_set: str,
+    input_shape: tuple[int, int, int] | None = None,
+) -> dict[str, Any] | None:
+    """The file Keras fetches for ``weight_set`` with these options (name, URL, expected hash),
+    found by building the Keras model up to its download request; None where Keras refuses the
+    options or asks for nothing."""
+    prepare_environment(translation_backend(spec))
+    constructor = spec.load(spec.keras_constructor)
+    kwargs = {**options, "weights": weight_set}
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(input_shape)
+    record: list[dict[str, Any]] = []
+    with contextlib.redirect_stdout(io.StringIO()), numpy_initializers(), \
+            _intercept_get_file(record, probe=True):
+        try:
+            constructor(**kwargs)
+        except _Probe:
+            return record[-1]
+        except Exception:
+            return None
+    return None
+
+
+def recognise_weights_file(
+    spec: ModelSpec, options: dict[str, Any], choice: WeightsChoice,
+    input_shape: tuple[int, int, int] | None = None,
+) -> WeightsChoice:
+    """A plain file given for a model whose graph depends on the named set (EfficientNet rescales
+    its input once more for imagenet weights): when it is the file Keras publishes for such a
+    set (its hash is Keras' own), it is that set; otherwise a warning says which graph is built
+    and how to name the set. Imports Keras; other models and choices pass through untouched."""
+    if choice.set or not choice.file or not spec.weights_options:
+        return choice
+    dependent = [name for name in spec.weights_options if name in spec.weights]
+    for name in dependent:
+        published = published_file(spec, options, name, input_shape)
+        if published and published.get("file_hash") and file_matches_hash(choice.file, published["file_hash"]):
+            return WeightsChoice(name, choice.file, recognised=True)
+    if dependent:
+        name = dependent[0]
+        differs = ", ".join(f"{k}={v!r}" for k, v in spec.weights_options[name].items())
+        warnings.warn(
+            f"{choice.file} is not the file Keras publishes for the {name} weights of {spec.name} "
+            f"with these options, so it is read into the graph Keras builds without named weights "
+            f"(unlike the {name} graph: {differs}); if it holds {name} weights, name the set: "
+            f"{name}={choice.file}",
+            UserWarning, stacklevel=2,
+        )
+    return choice
+
+
 def build_keras_model(
     spec: ModelSpec,
     options: dict[str, Any],
-    weights: str | None = "imagenet",
+    weights: Any = "imagenet",
     input_shape: tuple[int, int, int] | None = None,
 ) -> KerasReference:
     """Call the spec's Keras constructor. Keras' printing goes to stderr, keeping stdout for data.
 
-    :param weights: a named weight set of the spec (``"imagenet"``), a file path, or None.
+    :param weights: a named weight set of the spec (``"imagenet"``), a file path, ``"SET=PATH"``,
+        None, or a :class:`WeightsChoice` (see :func:`resolve_weights`).
     """
     prepare_environment()
-    weights_file = None
-    if weights is not None and weights not in spec.weights:
-        if not os.path.exists(os.path.expanduser(weights)) and os.sep not in weights and "." not in weights:
-            named = ", ".join(spec.weights) or "none"
-            raise WeightsError(
-                f"{spec.name} has no weight set '{weights}' (named sets: {named}); "
-                "pass a weights file path, or none for random weights"
-            )
-        weights_file = str(check_weights_file(weights))
+    choice = resolve_weights(spec, weights)
+    served = _SERVED.get()
+    if choice.set and not choice.file and served is not None and served.set == choice.set:
+        choice = served
     constructor = spec.load(spec.keras_constructor)
     kwargs = dict(options)
-    kwargs["weights"] = None if weights_file else weights
+    kwargs["weights"] = choice.set
     if input_shape is not None:
         kwargs["input_shape"] = tuple(input_shape)
-    downloads: list[str] = []
+    serve = choice.file if choice.set else None
+    requests: list[dict[str, Any]] = []
     # Keras prints (download notices, progress bars) to stdout, which is for data here; the
     # progress display says what is happening instead.
     keras_says = io.StringIO()
-    with contextlib.redirect_stdout(keras_says), _record_downloads(downloads), _socket_timeout():
+    with contextlib.redirect_stdout(keras_says), _intercept_get_file(requests, serve), _socket_timeout():
         try:
             model = constructor(**kwargs)
         except Exception as error:
-            if downloads:  # the file arrived (or was cached) but Keras could not load it
+            fetched = [r for r in requests if r["path"]]
+            if fetched and serve:
                 raise WeightsError(
-                    f"Keras could not load the {weights} weights file {downloads[-1]}: "
+                    f"Keras could not load {serve} as the {choice.set} weights of {spec.name}: "
+                    f"{_first_line(error)}; check that the file holds them, for these options"
+                ) from None
+            if fetched:  # the file arrived (or was cached) but Keras could not load it
+                raise WeightsError(
+                    f"Keras could not load the {choice.set} weights file {fetched[-1]['path']}: "
                     f"{_first_line(error)}; delete it to download it again"
                 ) from None
-            if weights in spec.weights and _is_download_failure(error):
-                # Keras says "URL fetch failure on URL: code -- reason"; keep the reason.
-                reason = _first_line(error).rpartition(" -- ")[2]
-                raise WeightsError(
-                    f"could not download the {weights} weights of {spec.name} ({reason}). "
-                    "Download the file where there is a network and pass it with --weights PATH, "
-                    "or put it in ~/.keras/models/."
-                ) from None
+            if choice.set and (requests or _is_download_failure(error)):
+                raise _download_error(spec, choice.set, requests, error) from None
             raise OptionError(f"Keras refused the options for {spec.name}: {_first_line(error)}") from None
-        if weights_file:
+        if choice.file and not choice.set:
             try:
                 with warnings.catch_warnings():
                     # Keras 3 warns for each of its internal "_operations_by_depth" containers,
                     # which hold no weights; other warnings still reach the user.
                     warnings.filterwarnings("ignore", message=".*_operations_by_depth.*")
-                    model.load_weights(weights_file)
+                    model.load_weights(choice.file)
             except Exception as error:
                 raise WeightsError(
-                    f"{weights_file} does not fit {spec.name} with these options: {_keras_reason(error)}; "
+                    f"{choice.file} does not fit {spec.name} with these options: {_keras_reason(error)}; "
                     "check the model name and options the file was saved with "
-                    "(--include-top, --classes, --set)"
+                    "(include_top, classes, family options)",
+                    cli=f"{choice.file} does not fit {spec.name} with these options: "
+                    f"{_keras_reason(error)}; check the model name and options the file was saved "
+                    "with (--include-top, --classes, --set)",
                 ) from None
-            _check_every_array_used(weights_file, model, spec)
-    if downloads:
-        weights_file = downloads[-1]
-    return KerasReference(model, weights, weights_file)
+            _check_every_array_used(choice.file, model, spec)
+    fetched = [r["path"] for r in requests if r["path"]]
+    return KerasReference(model, choice.set or choice.file, fetched[-1] if fetched else choice.file)
+
+
+def _download_error(spec: ModelSpec, weight_set: str, requests: list[dict[str, Any]],
+                    error: BaseException) -> WeightsError:
+    """Keras could not fetch a named set: say which file, from where, and where to put it."""
+    # Keras says "URL fetch failure on URL: code -- reason"; keep the reason.
+    reason = _first_line(error).rpartition(" -- ")[2]
+    head = f"could not download the {weight_set} weights of {spec.name} ({reason})"
+    if not requests:
+        return WeightsError(
+            f"{head}; download the file where there is a network and pass weights='{weight_set}=PATH'",
+            cli=f"{head}; download the file where there is a network and pass --weights {weight_set}=PATH",
+        )
+    request = requests[-1]
+    where = (f": Keras asked for {request['fname']} from {request['origin']}; download it where "
+             f"there is a network and put it at {keras_cache_path(request)}")
+    return WeightsError(
+        f"{head}{where}, or pass weights='{weight_set}=PATH'",
+        cli=f"{head}{where}, or pass --weights {weight_set}=PATH",
+    )
 
 
 def _file_arrays(path: str) -> dict[str, tuple[int, ...]]:
@@ -356,11 +565,10 @@ def _check_every_array_used(path: str, model: Any, spec: ModelSpec) -> None:
             del unused[match]
     if len(arrays) > len(wanted) and unused:
         shown = ", ".join(f"{name} {list(shape)}" for name, shape in list(unused.items())[:3])
-        raise WeightsError(
-            f"{path} holds {len(arrays)} weight arrays but {spec.name} with these options uses "
-            f"{len(wanted)}; unused: {shown}; check the options the file was saved with "
-            "(--include-top, --classes, --set)"
-        )
+        message = (f"{path} holds {len(arrays)} weight arrays but {spec.name} with these options "
+                   f"uses {len(wanted)}; unused: {shown}; check the options the file was saved with")
+        raise WeightsError(f"{message} (include_top, classes, family options)",
+                           cli=f"{message} (--include-top, --classes, --set)")
 
 
 def _keras_reason(error: BaseException) -> str:

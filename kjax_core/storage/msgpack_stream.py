@@ -9,7 +9,7 @@ holding only one array's bytes at a time.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def _packer():
     return msgpack.Packer(use_bin_type=True, strict_types=True, default=default)
 
 
-def _stream(tree: Mapping[str, Any], handle: BinaryIO) -> None:
+def _stream(tree: Mapping[str, Any], handle: BinaryIO, written: Callable[[], None] | None = None) -> None:
     packer = _packer()
 
     def write(node: Any) -> None:
@@ -39,6 +39,8 @@ def _stream(tree: Mapping[str, Any], handle: BinaryIO) -> None:
                 write(value)
         else:
             handle.write(packer.pack(np.asarray(node)))
+            if written:
+                written()
 
     write(tree)
 
@@ -57,9 +59,10 @@ def _same_as_flax() -> bool:
     return buffer.getvalue() == serialization.msgpack_serialize(tree)
 
 
-def write_msgpack(tree: Mapping[str, Any], handle: BinaryIO) -> None:
+def write_msgpack(tree: Mapping[str, Any], handle: BinaryIO, written: Callable[[], None] | None = None) -> None:
     """Write ``tree`` (nested dicts of numpy or JAX arrays) to the binary file ``handle``: the bytes
-    ``flax.serialization.msgpack_serialize(tree)`` gives, readable by ``msgpack_restore``."""
+    ``flax.serialization.msgpack_serialize(tree)`` gives, readable by ``msgpack_restore``.
+    ``written()`` is called after each array (after all of them where Flax writes the file)."""
     leaves = []
 
     def collect(node: Any) -> bool:
@@ -74,5 +77,7 @@ def write_msgpack(tree: Mapping[str, Any], handle: BinaryIO) -> None:
         from flax import serialization
 
         handle.write(serialization.msgpack_serialize(tree))
+        for _ in leaves if written else ():
+            written()
         return
-    _stream(tree, handle)
+    _stream(tree, handle, written)

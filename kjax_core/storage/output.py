@@ -25,7 +25,7 @@ import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CorruptFileError, OutputError, WeightsError
 
@@ -69,7 +69,9 @@ def is_output(path: Path) -> bool:
 
 
 def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
-    """Fail early, before any work, if ``out`` cannot receive an output."""
+    """Fail early, before any work, if ``out`` cannot receive an output: the nearest existing
+    folder is tried by creating (and removing) an empty staging folder in it, so a place that
+    refuses new entries (``/proc``, a read-only mount) is found now, not after the translation."""
     out = Path(os.path.abspath(os.path.expanduser(out)))  # lexically: `new/..` is the folder it names
     try:
         if out.exists() and not out.is_dir():
@@ -77,12 +79,14 @@ def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
         if out.is_dir() and any(out.iterdir()):
             if not force:
                 raise OutputError(
-                    f"output directory {out} exists and is not empty; pass --force to replace it"
+                    f"output directory {out} exists and is not empty; pass force=True to replace it",
+                    cli=f"output directory {out} exists and is not empty; pass --force to replace it",
                 )
             if not is_output(out):
-                # --force replaces a kjax output, never an arbitrary folder (`-o .` must not wipe it).
+                # force replaces a kjax output, never an arbitrary folder (`-o .` must not wipe it).
                 raise OutputError(
-                    f"{out} is not empty and is not a kjax output; --force only replaces kjax outputs"
+                    f"{out} is not empty and is not a kjax output; force=True only replaces kjax outputs",
+                    cli=f"{out} is not empty and is not a kjax output; --force only replaces kjax outputs",
                 )
         for ancestor in out.parents:
             if ancestor.exists():
@@ -90,13 +94,27 @@ def check_destination(out: str | os.PathLike, force: bool = False) -> Path:
                     raise OutputError(f"cannot create {out}: {ancestor} is a file")
                 if not os.access(ancestor, os.W_OK | os.X_OK):
                     raise OutputError(f"cannot write to {ancestor}: permission denied")
+                _probe(ancestor, out)
                 break
     except OSError as error:
         raise OutputError(f"cannot use {out} for output: {error.strerror or error}") from None
     return out
 
 
-def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> str:
+def _probe(folder: Path, out: Path) -> None:
+    """Create and remove an empty folder in ``folder`` (named as staging folders are, so one left
+    by a killed run is removed by the next save there)."""
+    try:
+        probe = tempfile.mkdtemp(prefix=_staging_prefix(), dir=folder)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create {out}: {folder} does not take new folders ({error.strerror or error})"
+        ) from None
+    os.rmdir(probe)
+
+
+def _write_variables(directory: Path, variables: dict[str, Any], fmt: str,
+                     written: Callable[[], None] | None = None) -> str:
     filename = VARIABLE_FILES[fmt]
     if fmt == "msgpack":
         from .msgpack_stream import write_msgpack
@@ -104,7 +122,7 @@ def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> st
         # Flax's msgpack bytes, written one array at a time (msgpack_serialize holds the whole
         # file plus copies: +540 MB for EfficientNetB7).
         with open(directory / filename, "wb") as handle:
-            write_msgpack(variables, handle)
+            write_msgpack(variables, handle, written)
     else:
         import numpy as np
         from flax import traverse_util
@@ -113,6 +131,8 @@ def _write_variables(directory: Path, variables: dict[str, Any], fmt: str) -> st
         tensors = {name: np.ascontiguousarray(v)
                    for name, v in traverse_util.flatten_dict(variables, sep="/").items()}
         save_file(tensors, str(directory / filename), metadata={"format": "kjax"})
+        for _ in tensors if written else ():
+            written()
     return filename
 
 
@@ -130,8 +150,15 @@ def _read_variables(path: Path, fmt: str) -> dict[str, Any]:
         raise CorruptFileError(f"cannot read {path}: {error}") from None
 
 
-def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bool = False) -> Path:
-    """Write ``translation`` (a :class:`kjax_core.conversion.translate.Translation`) to the directory ``out``."""
+def save(
+    translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bool = False,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> Path:
+    """Write ``translation`` (a :class:`kjax_core.conversion.translate.Translation`) to the directory ``out``.
+
+    :param progress: ``progress("write", done, total)``, called as arrays are written (the last
+        step: checksums, flushing to disk and the move into place).
+    """
     if fmt not in VARIABLE_FILES:
         raise OutputError(f"unknown format {fmt!r}; choose one of {', '.join(VARIABLE_FILES)}")
     out = check_destination(out, force)
@@ -160,7 +187,17 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
         _remove_stale_staging(out.parent)
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(), dir=out.parent))
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
-        variables_file = _write_variables(staging, translation.variables, fmt)
+        total, done = _count_leaves(translation.variables) + 1, 0
+
+        def written() -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress("write", done, total)
+
+        if progress:
+            progress("write", 0, total)
+        variables_file = _write_variables(staging, translation.variables, fmt, written)
         config["variables_file"] = variables_file
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         manifest = {
@@ -179,12 +216,20 @@ def save(translation, out: str | os.PathLike, *, fmt: str = "msgpack", force: bo
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
         _move_into_place(staging, out)
+        if progress:
+            progress("write", total, total)
     except OSError as error:
         raise OutputError(f"cannot write {out}: {error.strerror or error}") from None
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _count_leaves(tree: Any) -> int:
+    if isinstance(tree, dict):
+        return sum(_count_leaves(value) for value in tree.values())
+    return 1
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -271,6 +316,11 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         config = json.loads((path / CONFIG).read_text())
+    except PermissionError as error:
+        raise CorruptFileError(f"cannot read {error.filename}: permission denied; check its permissions") from None
+    except (OSError, ValueError) as error:
+        raise CorruptFileError(f"cannot read {path}: {MANIFEST} or {CONFIG} is malformed ({error!r})") from None
+    try:
         files = manifest["files"]
         listed = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
         missing_keys = [key for key in CONFIG_KEYS if key not in config]
@@ -290,7 +340,13 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
         file = path / name
         if not file.is_file():
             raise CorruptFileError(f"{file} is missing; translate the model again")
-        if file.stat().st_size != size or sha256_file(file) != digest:
+        try:
+            changed = file.stat().st_size != size or sha256_file(file) != digest
+        except OSError as error:
+            raise CorruptFileError(
+                f"cannot read {file}: {(error.strerror or str(error)).lower()}; check its permissions"
+            ) from None
+        if changed:
             raise CorruptFileError(f"{file} was changed or damaged (checksum mismatch); translate again")
     return config
 
