@@ -6,8 +6,8 @@ the order the Keras source creates them. Blocks carry the names of the Keras con
 close them (``mixed0`` .. ``mixed10``), branches the names of the Keras source's variables,
 numbered along each branch as torchvision does: ``mixed0/branch5x5_2/conv/kernel``. Keras names
 these layers automatically (``conv2d_17``, from a per-process counter) and lists them by graph
-depth, so they are paired by creation order, not by name or model order (see
-``kjax_inceptionv3.kjax_match_layers``).
+depth, so they are paired by creation order, not by name or model order (the spec's
+``matcher="creation_order"``).
 """
 
 from __future__ import annotations
