@@ -6,9 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
-import numpy as np
 import pytest
 
 import kjax_core
@@ -122,7 +120,7 @@ def test_key_options_and_weights_content(weights_file, cache, tmp_path):
         names = []
         handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
         handle[names[0]][...] = handle[names[0]][...] + 1
-    _, changed = kjax_core.pretrained("mobilenetv2", str(copy), **OPTIONS)
+    kjax_core.pretrained("mobilenetv2", str(copy), **OPTIONS)
     assert len(cache_entries()) == 3
 
 
