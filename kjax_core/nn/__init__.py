@@ -7,18 +7,23 @@ Plugins use them as ``from kjax_core import nn as knn``; every name is re-export
   convolutions as products;
 - :mod:`.convolution`: Keras Conv2D as one call that picks the fastest exact formulation;
 - :mod:`.depthwise`: DepthwiseConv2D as shifted sums, SeparableConv2D;
+- :mod:`.grouped`: grouped Conv2D (RegNet) computed group by group;
 - :mod:`.normalization`: BatchNormalization (Keras 3's and tf_keras'), LayerNormalization,
   Normalization, constant Rescaling / Normalization, and their statistics helpers;
 - :mod:`.blocks`: blocks the applications share (width rounding, correct-pad strided convolution,
   drop connect, squeeze-excite, LayerScale);
-- :mod:`.application`: the bases of a family's modules and Keras' classifier head.
+- :mod:`.application`: the bases of a family's modules and Keras' classifier heads.
 """
 
 from .application import Application, Block, classifier_head
+from .application import (
+    conv_classifier_head, flatten_classifier_head, global_pool, layer_norm_classifier_head,
+)
 from .blocks import (
     LayerScale, SqueezeExcite, correct_pad_conv, drop_connect, make_divisible, squeeze_excite,
 )
 from .convolution import conv
+from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
     ACTIVATIONS, Conv, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation, avg_pool,
@@ -39,4 +44,8 @@ __all__ = [
     "gelu", "hard_sigmoid", "hard_swish", "kernel_and_bias", "make_divisible", "max_pool",
     "moving_average", "normalization_std", "normalize", "normalize_constant", "rescaling",
     "squeeze_excite", "statistics_dtype", "zero_pad",
+]
+__all__ += [
+    "GroupedConv", "conv_classifier_head", "flatten_classifier_head", "global_pool",
+    "grouped_conv", "layer_norm_classifier_head",
 ]

@@ -1,4 +1,19 @@
-"""The bases of a family's Flax modules and Keras' classifier head."""
+"""The bases of a family's Flax modules and Keras' classifier heads.
+
+Heads (each a function of the feature map and the head options, and a one-line method of
+:class:`Application` that passes its fields), every submodule named as the Keras layer it twins:
+
+- :func:`classifier_head` (``top``): global average pooling, Dense ``predictions``; most families.
+- :func:`conv_classifier_head` (``conv_top``): MobileNet v1 and v3, the classifier a 1x1 Conv2D
+  on the pooled map (``conv_preds`` / ``logits``), v3 with a 1x1 Conv2D ``conv_2`` before it.
+- :func:`flatten_classifier_head` (``flatten_top``): VGG, Flatten then Dense ``fc1``, ``fc2``,
+  ``predictions``.
+- :func:`layer_norm_classifier_head` (``layer_norm_top``): ConvNeXt, pooling, LayerNormalization,
+  Dense.
+
+Without top, all pool as Keras' ``pooling`` says ('avg', 'max' or None); ConvNeXt's then
+normalises as well.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +24,27 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .convolution import conv
 from .layers import Dense, activation
+from .normalization import LayerNorm
 
 Dtype = Any
+Activation = str | None | Callable[[jax.Array], jax.Array]
+
+
+def _activation(fn: Activation) -> Callable[[jax.Array], jax.Array]:
+    """A Keras activation name (see :data:`kjax_core.nn.ACTIVATIONS`) or a function."""
+    return fn if callable(fn) else activation(fn)
+
+
+def global_pool(x: jax.Array, pooling: str | None) -> jax.Array:
+    """Keras' ``pooling`` option without top: GlobalAveragePooling2D ('avg'),
+    GlobalMaxPooling2D ('max') or, for anything else (None), the feature map itself, as Keras."""
+    if pooling == "avg":
+        return jnp.mean(x, axis=(1, 2))
+    if pooling == "max":
+        return jnp.max(x, axis=(1, 2))
+    return x
 
 
 def classifier_head(
@@ -36,11 +69,104 @@ def classifier_head(
             x = nn.Dropout(dropout_rate, deterministic=not train, name="top_dropout")(x)
         x = Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
         return activation(classifier_activation)(x)
-    if pooling == "avg":
-        return jnp.mean(x, axis=(1, 2))
-    if pooling == "max":
-        return jnp.max(x, axis=(1, 2))
-    return x
+    return global_pool(x, pooling)
+
+
+def conv_classifier_head(
+    x: jax.Array,
+    *,
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    logits_name: str = "conv_preds",
+    hidden_features: int | None = None,
+    hidden_name: str = "conv_2",
+    hidden_activation: Activation = None,
+    dropout_rate: float = 0.0,
+    train: bool = False,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """MobileNet's top, with ``include_top``: GlobalAveragePooling2D(keepdims=True); with
+    ``hidden_features`` (MobileNetV3's ``last_point_ch``) a 1x1 Conv2D with bias named
+    ``hidden_name`` and ``hidden_activation`` (v3: hard_swish, or relu when minimalistic);
+    Dropout(``dropout_rate``) where > 0 (v1 always has one, v3 unless ``dropout_rate=0``; active
+    with ``train``); the 1x1 Conv2D(classes) named ``logits_name`` (v1 ``conv_preds``, v3
+    ``logits``); Reshape/Flatten to (N, classes); the classifier activation. Without top, as
+    :func:`global_pool`."""
+    if not include_top:
+        return global_pool(x, pooling)
+    kw = dict(padding="same", dtype=dtype, param_dtype=param_dtype)
+    x = jnp.mean(x, axis=(1, 2), keepdims=True)
+    if hidden_features is not None:
+        x = conv(x, hidden_features, 1, name=hidden_name, **kw)
+        x = _activation(hidden_activation)(x)
+    if dropout_rate > 0:
+        x = nn.Dropout(dropout_rate, deterministic=not train, name="dropout")(x)
+    x = conv(x, classes, 1, name=logits_name, **kw)
+    x = x.reshape(x.shape[0], classes)
+    return activation(classifier_activation)(x)
+
+
+def flatten_classifier_head(
+    x: jax.Array,
+    *,
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    hidden: Sequence[int] = (4096, 4096),
+    hidden_names: Sequence[str] = ("fc1", "fc2"),
+    hidden_activation: Activation = "relu",
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+    name: str = "predictions",
+) -> jax.Array:
+    """VGG's top, with ``include_top``: Flatten (row-major over height, width, channels, as Keras'
+    Flatten of an NHWC map, so ``fc1``'s kernel rows are in Keras' order), a Dense with
+    ``hidden_activation`` per entry of ``hidden`` (named ``hidden_names``: VGG's ``fc1``, ``fc2``
+    of 4096), Dense ``predictions`` with the classifier activation. Fixes the input size, as in
+    Keras. Without top, as :func:`global_pool`."""
+    if not include_top:
+        return global_pool(x, pooling)
+    if len(hidden) != len(hidden_names):
+        raise ValueError(f"{len(hidden)} hidden layers but {len(hidden_names)} names")
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    x = x.reshape(x.shape[0], -1)
+    for features, layer_name in zip(hidden, hidden_names):
+        x = _activation(hidden_activation)(Dense(features, name=layer_name, **kw)(x))
+    x = Dense(classes, name=name, **kw)(x)
+    return activation(classifier_activation)(x)
+
+
+def layer_norm_classifier_head(
+    x: jax.Array,
+    *,
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: str | None,
+    prefix: str,
+    epsilon: float = 1e-6,
+    dtype: Dtype = None,
+    param_dtype: Dtype = jnp.float32,
+) -> jax.Array:
+    """ConvNeXt's top. With ``include_top``: GlobalAveragePooling2D, LayerNormalization(epsilon)
+    named ``<prefix>_head_layernorm``, Dense named ``<prefix>_head_dense`` with the classifier
+    activation (``prefix`` is Keras' model name, e.g. ``convnext_tiny``). Without top Keras still
+    normalises: :func:`global_pool` ('avg', 'max' or None), then a LayerNormalization(epsilon)
+    over the last axis (per position when not pooled). Keras names that one automatically
+    (``layer_normalization...``, a per-process counter); here it is ``<prefix>_head_layernorm``
+    in both cases, which the order fallback of name matching pairs with the one automatically
+    named LayerNormalization of a ConvNeXt."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    x = jnp.mean(x, axis=(1, 2)) if include_top else global_pool(x, pooling)
+    x = LayerNorm(epsilon=epsilon, name=f"{prefix}_head_layernorm", **kw)(x)
+    if not include_top:
+        return x
+    x = Dense(classes, name=f"{prefix}_head_dense", **kw)(x)
+    return activation(classifier_activation)(x)
 
 
 class Block(nn.Module, kw_only=True):
@@ -80,4 +206,34 @@ class Application(Block, kw_only=True):
         return classifier_head(x, include_top=self.include_top, pooling=self.pooling,
                                classes=self.classes, classifier_activation=self.classifier_activation,
                                dropout_rate=dropout_rate, train=train, **self.dtypes)
+
+    @property
+    def head_options(self) -> dict[str, Any]:
+        """The head options and dtypes, as every head function takes them."""
+        return dict(include_top=self.include_top, pooling=self.pooling, classes=self.classes,
+                    classifier_activation=self.classifier_activation, **self.dtypes)
+
+    def conv_top(self, x: jax.Array, *, logits_name: str = "conv_preds",
+                 hidden_features: int | None = None, hidden_name: str = "conv_2",
+                 hidden_activation: Activation = None, dropout_rate: float = 0.0,
+                 train: bool = False) -> jax.Array:
+        """MobileNet's head (see :func:`conv_classifier_head`): v1
+        ``self.conv_top(x, dropout_rate=self.dropout, train=train)``; v3 ``self.conv_top(x,
+        logits_name="logits", hidden_features=last_point_ch, hidden_activation=knn.hard_swish,
+        dropout_rate=self.dropout_rate, train=train)``."""
+        return conv_classifier_head(
+            x, logits_name=logits_name, hidden_features=hidden_features, hidden_name=hidden_name,
+            hidden_activation=hidden_activation, dropout_rate=dropout_rate, train=train,
+            **self.head_options)
+
+    def flatten_top(self, x: jax.Array, *, hidden: Sequence[int] = (4096, 4096),
+                    hidden_names: Sequence[str] = ("fc1", "fc2")) -> jax.Array:
+        """VGG's head (see :func:`flatten_classifier_head`): ``self.flatten_top(x)``."""
+        return flatten_classifier_head(x, hidden=hidden, hidden_names=hidden_names,
+                                       **self.head_options)
+
+    def layer_norm_top(self, x: jax.Array, *, prefix: str, epsilon: float = 1e-6) -> jax.Array:
+        """ConvNeXt's head (see :func:`layer_norm_classifier_head`):
+        ``self.layer_norm_top(x, prefix=self.name_prefix)``."""
+        return layer_norm_classifier_head(x, prefix=prefix, epsilon=epsilon, **self.head_options)
 

@@ -1,6 +1,8 @@
 """Keras Conv2D as one call, :func:`conv`, which picks the fastest exact Flax formulation: 1x1
-convolutions as matrix products, the rest as ``flax.linen.Conv``. Must be called inside a parent's
-``@nn.compact`` method; the submodule gets the Keras layer name."""
+convolutions as matrix products, depthwise ones (``groups`` = input channels) as shifted sums,
+other grouped ones group by group (:mod:`.grouped`), the rest as ``flax.linen.Conv``. Every
+formulation keeps ``nn.Conv``'s variables, kernel (kh, kw, in / groups, out) and bias (out,).
+Must be called inside a parent's ``@nn.compact`` method; the submodule gets the Keras layer name."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from .depthwise import DepthwiseConv
+from .grouped import GroupedConv
 from .layers import Conv, Dtype, PointwiseConv
 
 
@@ -29,24 +33,29 @@ def conv(
 
     'same' in Keras is TF SAME, which XLA's 'SAME' equals (the extra pad goes at the end).
     A 1x1 convolution without padding or groups is a :class:`PointwiseConv` (a matrix product,
-    the same variables as ``nn.Conv``), which XLA:CPU runs faster.
+    the same variables as ``nn.Conv``), which XLA:CPU runs faster. With ``groups`` equal to the
+    input channels (ConvNeXt writes its depthwise convolution as ``Conv2D(groups=C)``) it is a
+    :class:`~kjax_core.nn.depthwise.DepthwiseConv` (kernel (kh, kw, 1, features), the layout of
+    Flax's grouped convolution; ``features`` a multiple of C), with other ``groups`` > 1 a
+    :class:`~kjax_core.nn.grouped.GroupedConv` (measured: about 4x faster than XLA:CPU's grouped
+    convolution on RegNet's shapes).
     """
     if isinstance(kernel_size, int):
         kernel_size = (kernel_size, kernel_size)
+    kernel_size = tuple(kernel_size)
+    padding = padding.upper() if isinstance(padding, str) else padding
     unpadded = isinstance(padding, str) or not any(p for pair in padding for p in pair)
-    if tuple(kernel_size) == (1, 1) and groups == 1 and unpadded:
-        return PointwiseConv(
-            features, strides=strides, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-            name=name,
-        )(x)
-    return Conv(
-        features,
-        tuple(kernel_size),
-        strides=(strides, strides),
-        padding=padding.upper() if isinstance(padding, str) else padding,
-        use_bias=use_bias,
-        feature_group_count=groups,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )(x)
+    channels = x.shape[-1]
+    if groups != 1 and (channels % groups or features % groups):
+        raise ValueError(f"{name}: groups={groups} must divide the {channels} input channels and "
+                         f"the {features} filters (as Keras requires)")
+    common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+    if groups == 1 and kernel_size == (1, 1) and unpadded:
+        return PointwiseConv(features, strides=strides, **common)(x)
+    if groups > 1 and groups == channels:
+        return DepthwiseConv(kernel_size, strides=(strides, strides), padding=padding,
+                             depth_multiplier=features // channels, **common)(x)
+    if groups > 1:
+        return GroupedConv(features, kernel_size, groups, strides=(strides, strides),
+                           padding=padding, **common)(x)
+    return Conv(features, kernel_size, strides=(strides, strides), padding=padding, **common)(x)
