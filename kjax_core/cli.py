@@ -103,10 +103,6 @@ def _input_shape(text: Optional[str]) -> tuple[int, ...] | None:
         raise OptionError(f"--input-shape takes H,W,C (e.g. 224,224,3); got {text!r}") from None
 
 
-def _weights(text: str) -> Optional[str]:
-    return None if text.strip().lower() == "none" else text
-
-
 def _request(
     model: str, include_top: bool, pooling: str, classes: Optional[int], activation: str,
     extra: list[str] | None, input_shape: Optional[str],
@@ -174,12 +170,13 @@ def list_command(
          "plugin": owners[s.name] + (" (conflict)" if s.name in reg.conflicts else "")}
         for s in specs
     ]
-    # On a narrow terminal whole columns are left out, least useful first, rather than cutting
-    # or folding values: the name is what users type next.
+    # On a narrow terminal (or COLUMNS) whole columns are left out, least useful first, rather
+    # than cutting or folding values: the name is what users type next. Piped, rows stay whole.
     columns = ["name", "family", "params", "input", "preprocessing", "plugin"]
     width = {c: max(len(c), *(len(row[c]) for row in rows)) + 2 for c in columns}
+    fit = out.is_terminal or bool(os.environ.get("COLUMNS"))
     for dropped in ("plugin", "preprocessing", "input", "family"):
-        if sum(width[c] for c in columns) <= out.width:
+        if not fit or sum(width[c] for c in columns) <= out.width:
             break
         columns.remove(dropped)
     table = Table(box=None, header_style="bold")
@@ -187,7 +184,10 @@ def list_command(
         table.add_column(column, justify="right" if column == "params" else "left", no_wrap=True)
     for row in rows:
         table.add_row(*(Text(row[c]) for c in columns))
-    out.print(table)
+    if fit:
+        out.print(table)
+    else:
+        Console(highlight=False, markup=False, width=sum(width[c] for c in columns)).print(table)
 
 
 @app.command()
@@ -353,20 +353,24 @@ def verify(
     spec, options, shape = _request(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
-    randomised = weights.strip().lower() == "random"
-    if not randomised:
-        from .conversion.keras_model import resolve_weights
+    import contextlib
 
-        resolve_weights(spec, weights)  # an unknown set or a missing file fails before Keras loads
+    from .conversion.keras_model import resolve_weights, weights_served
+
+    randomised = weights.strip().lower() == "random"
+    # An unknown set or a missing file fails here, before Keras loads.
+    choice = None if randomised else resolve_weights(spec, weights)
     from . import parity
     from .conversion.keras_model import import_keras_quietly
 
     import_keras_quietly()
-    with _progress() as progress:
+    # SET=PATH: both Keras builds (and the Flax graph) are those of SET, reading PATH.
+    served = weights_served(choice) if choice else contextlib.nullcontext()
+    with _progress() as progress, served:
         progress("build", 0, None)
         translation, keras_model = parity.reference_model(
             spec.name, input_shape=shape, seed=seed, prepare=randomised,
-            weights=None if randomised else _weights(weights), **options,
+            weights=None if randomised else choice.argument, **options,
         )
         images = parity.sample_images((batch, *translation.input_shape), seed + 7)
         report = parity.compare(translation, keras_model, images, tolerance=tolerance,

@@ -63,10 +63,11 @@ def open_image(path: str | os.PathLike):
 def check_images(images: Any, input_shape: Sequence[int], model: str = "the model") -> None:
     """Fail with one clear line unless ``images`` is a batch (N, H, W, C) with the model's C channels
     last: a single image (no batch axis) and a channels-first batch are named as such.
-    ``input_shape`` is the model's (H, W, C); H and W appear in the message only."""
+    ``input_shape`` is the model's (H, W, C); H and W (None where any size goes) appear in the
+    message only. Cheap (shapes only), so a module can call it on every trace."""
     shape = tuple(int(d) for d in getattr(images, "shape", ()))
-    height, width, channels = (int(d) for d in input_shape)
-    expected = f"(N, {height}, {width}, {channels})"
+    height, width, channels = input_shape
+    expected = f"(N, {height or 'H'}, {width or 'W'}, {channels})"
     if len(shape) == 3 and shape[-1] == channels:
         raise InputError(
             f"{model} takes a batch of images {expected}; got one image of shape {shape}: add a batch "

@@ -19,7 +19,8 @@ def one_line_error(code, err, expected_code=2):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_list(capsys):
+def test_list(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: whole rows, whatever the width
     code, out, err = run_cli(["list"], capsys)
     assert code == 0 and err == ""
     row = next(line for line in out.splitlines() if line.split()[:1] == ["resnet50"])
@@ -28,7 +29,7 @@ def test_list(capsys):
     rows = json.loads(out)
     assert [r["name"] for r in rows] == ["resnet101", "resnet152"]
     assert rows[0]["parameters"] == 44_707_176 and rows[0]["plugin"] == "resnet"
-    code, out, err = run_cli(["list", "vgg*"], capsys)
+    code, out, err = run_cli(["list", "nosuchnet*"], capsys)
     assert code == 1 and "no model matches" in err
 
 

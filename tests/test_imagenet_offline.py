@@ -89,6 +89,12 @@ def test_a_file_of_a_named_set_given_as_set_equals_path(tmp_path, capsys):
     assert relative_error(module.apply(variables, x), keras_model(x)) < 1e-4
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["source_weights"] == {"path": str(path), "sha256": sha256_file(path)}
+    # verify takes the same form: Keras (and its float64 twin) read the file as their imagenet set.
+    code, out, err = run_cli(["verify", "resnet50", "-w", f"imagenet={path}", "--no-include-top",
+                              "--input-shape", "64,64,3", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["matches"] and report["conclusive"], report
 
 
 def test_efficientnet_imagenet_file_given_as_a_path(tmp_path, serve_weights, monkeypatch, capsys):

@@ -156,6 +156,12 @@ def test_cache_commands(weights_file, cache, capsys):
     code, out, _ = run_cli(["cache", "list", "--json"], capsys)
     [row] = json.loads(out)
     assert row["model"] == "mobilenetv2" and row["size"] > 1e6
+    # As light as `kjax list`: JSON only, no framework.
+    script = ("import sys\nfrom kjax_core.cli import main\ntry:\n    main(['cache', 'list'])\nfinally:\n"
+              "    print(sorted(m for m in ('jax', 'keras', 'numpy', 'tensorflow') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "KJAX_CACHE": str(cache)}, timeout=60)
+    assert "mobilenetv2" in result.stdout and result.stdout.splitlines()[-1] == "[]", result.stderr
     # Something else in the cache folder is never deleted.
     (cache / "notes.txt").write_text("mine")
     (cache / "mobilenetv2" / "mine").mkdir()
