@@ -1,0 +1,27 @@
+"""MobileNet (v1), as ``keras.applications.mobilenet``.
+
+Registration only; the Flax module lives in ``kjax_mobilenet.model`` and is imported on use.
+Keras' options keep their names: ``alpha`` (width), ``depth_multiplier``, ``dropout``. Keras ships
+imagenet weights for alpha 0.25, 0.5, 0.75 and 1.0 at 128, 160, 192 and 224 pixels, and picks the
+file from the input shape (a non-square or other size gets the 224 weights, with Keras' warning):
+``kjax translate mobilenet --set alpha=0.5 --input-shape 160,160,3`` asks for
+``mobilenet_5_0_160_tf.h5``.
+"""
+
+from kjax_core import ModelSpec, hookimpl
+
+
+@hookimpl
+def kjax_register_models(register):
+    register(
+        ModelSpec(
+            name="mobilenet",
+            family="mobilenet",
+            keras_constructor="keras.applications.mobilenet:MobileNet",
+            flax_module="kjax_mobilenet.model:MobileNet",
+            min_input_size=32,
+            parameters=4_253_864,  # alpha 1.0
+            preprocessing="tf",  # mobilenet.preprocess_input: scale to [-1, 1]
+            options={"alpha": 1.0, "depth_multiplier": 1, "dropout": 1e-3},
+        )
+    )
