@@ -158,6 +158,8 @@ def _calibrate_in_order(model: Any, images: np.ndarray, rng: Any, perturb: float
     input it really receives (the earlier BatchNorms already calibrated and perturbed), perturbed.
     False when some BatchNorm could not be calibrated this way (not reached eagerly)."""
     layers = [layer for layer in iter_keras_layers(model) if _is_batch_norm(layer)]
+    if not layers:  # nothing to calibrate (ConvNeXt): spare the pass over the calibration batch
+        return True
     done: set[int] = set()
 
     def wrap(layer: Any, original: Any) -> Any:
@@ -276,6 +278,35 @@ def _float64_policy(package: Any) -> Iterator[None]:
         package.config.set_dtype_policy(saved[1])
 
 
+def _is_keras_gelu(fn: Any) -> bool:
+    """Keras 3's or tf_keras' ``gelu`` activation (both end in ``tf.nn.gelu``)."""
+    return (getattr(fn, "__name__", None) == "gelu"
+            and getattr(fn, "__module__", "").startswith(("keras.", "tf_keras.")))
+
+
+def _exact_gelu(x: Any, approximate: bool = False) -> Any:
+    """TensorFlow's exact GELU, ``0.5 x erfc(-x / sqrt(2))``, with 1/sqrt(2) in ``x``'s dtype
+    (TensorFlow casts the Python float through float32). The activation string "gelu" is the
+    exact GELU in Keras; the tanh approximation is not replaced."""
+    import tensorflow as tf
+
+    if approximate:
+        raise ValueError("the float64 twin replaces only the exact (erf) GELU")
+    x = tf.convert_to_tensor(x)
+    return 0.5 * x * tf.math.erfc(-x * tf.constant(np.sqrt(0.5), dtype=x.dtype))
+
+
+def _exact_activations(model: Any) -> None:
+    """Make the activations of a float64 Keras model exact: TensorFlow's exact GELU multiplies by
+    ``cast(0.7071067811865476, float64)``, 1/sqrt(2) rounded to float32 (up to 1.7e-7 off the
+    exact GELU, measured), so each layer whose activation is Keras' ``gelu`` (an Activation
+    layer, or a Dense or Conv with ``activation="gelu"``) gets :func:`_exact_gelu` instead. For
+    the float64 twin only (its float32 rounding is what a float32 model computes)."""
+    for layer in iter_keras_layers(model):
+        if _is_keras_gelu(getattr(layer, "activation", None)):
+            layer.activation = _exact_gelu
+
+
 def _exact_constants(model: Any) -> None:
     """Make the float constants of in-graph preprocessing exact in a float64 Keras model.
 
@@ -313,7 +344,8 @@ _TWINS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 def keras_float64(translation: Any, keras_model: Any) -> Any:
     """The float64 twin of ``keras_model`` (the Keras reference of ``translation``): the same
     constructor and options built again in float64, holding ``keras_model``'s current weights
-    exactly (float32 values upcast), with exact preprocessing constants (:func:`_exact_constants`).
+    exactly (float32 values upcast), with exact preprocessing constants (:func:`_exact_constants`)
+    and exact GELU (:func:`_exact_activations`).
     Built once per Keras model; its weights are copied again on every call, so a reference
     whose statistics moved (a training pass) is followed."""
     from ..conversion.keras_model import build_keras_model, placeholder_initializers
@@ -328,6 +360,7 @@ def keras_float64(translation: Any, keras_model: Any) -> Any:
         with _float64_policy(_keras_package(keras_model)), placeholder_initializers():
             twin = build_keras_model(translation.spec, translation.options, named, shape).model
         _exact_constants(twin)
+        _exact_activations(twin)
         _TWINS[keras_model] = twin
     ours, theirs = list(iter_keras_layers(keras_model)), list(iter_keras_layers(twin))
     if [type(a).__name__ for a in ours] != [type(b).__name__ for b in theirs]:
