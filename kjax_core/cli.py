@@ -242,6 +242,9 @@ def _weight_sets(spec) -> dict[str, str]:
             # set trained at the largest size.
             largest = max(sized, key=sized.get)
             text = f"the same as {largest} (the largest training size, as Keras picks it)"
+        elif name == "imagenet" and name in spec.weights_notes:
+            text = (f"Keras' ImageNet weights, downloaded once into ~/.keras/models/, for "
+                    f"{spec.weights_notes[name]}")
         elif name == "imagenet":
             text = ("Keras' ImageNet weights, downloaded once into ~/.keras/models/; Keras has them "
                     "for some option values only and says which when asked for others")

@@ -205,3 +205,19 @@ def test_no_pickle_anywhere():
         text = path.read_text()
         for marker in ("import pickle", "allow_pickle=True", "safe_mode=False", "cloudpickle", "dill"):
             assert marker not in text, f"{path.name} uses {marker}"
+
+
+def test_module_apply_names_the_expected_image_shape():
+    """Plain module.apply (not only kjax predict) says what shape it takes."""
+    import jax
+    import jax.numpy as jnp
+
+    import kjax_core
+    from kjax_core.errors import InputError
+
+    module = kjax_core.create_model("mobilenet", include_top=False)
+    variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(InputError, match=r"add a batch axis \(images\[None\]\)"):
+        jax.eval_shape(module.apply, variables, jnp.zeros((32, 32, 3)))
+    with pytest.raises(InputError, match="transpose with images.transpose"):
+        jax.eval_shape(module.apply, variables, jnp.zeros((1, 3, 32, 32)))

@@ -107,7 +107,8 @@ def translate(
             reference = build_keras_model(spec, options, weights, input_shape)
     else:
         reference = KerasReference(keras_model, weights, None)
-    module = _module(spec, options, weights=weights)
+    # The graph of the set the reference was built for ("imagenet=PATH" is the imagenet set).
+    module = _module(spec, options, weights=reference.weights)
     total = sum(1 for layer in iter_keras_layers(reference.model) if layer.weights)
     done = 0
 

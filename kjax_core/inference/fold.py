@@ -156,10 +156,10 @@ def find_folds(
     from flax import linen as nn
     from jax.extend.core import Literal
 
-    from ..nn import DepthwiseConv, PointwiseConv
+    from ..nn import DepthwiseConv, GroupedConv, PointwiseConv
 
     # kernels whose last axis is the output channel
-    linear = (nn.Conv, nn.Dense, DepthwiseConv, PointwiseConv)
+    linear = (nn.Conv, nn.Dense, DepthwiseConv, GroupedConv, PointwiseConv)
     marks: list[tuple[str, Path, Any, Any]] = []  # (kind, path, module, call) in call order
 
     def is_norm(module: Any) -> bool:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ..images import check_images
 from .convolution import conv
 from .layers import Dense, activation
 from .normalization import LayerNorm
@@ -194,7 +195,9 @@ class Application(Block, kw_only=True):
     def inputs(self, x: jax.Array) -> jax.Array:
         """The images in the compute dtype: ``dtype``; without one, as any Flax layer would
         compute, the floating type of the images (float32 for integer images) promoted with
-        ``param_dtype`` (float32 for float32 images and parameters)."""
+        ``param_dtype`` (float32 for float32 images and parameters). Images of another shape
+        than a batch (N, H, W, 3) fail with one line saying what to change."""
+        check_images(x, (None, None, 3), type(self).__name__)
         if self.dtype is not None:
             return jnp.asarray(x, self.dtype)
         x = jnp.asarray(x)

@@ -69,6 +69,8 @@ class ModelSpec:
         weights_options: Flax module options implied by a named weight set, for Keras
             constructors that build a different graph for it (EfficientNet adds a Rescaling layer
             only for ``weights="imagenet"``): ``{"imagenet": {"imagenet_rescaling": True}}``.
+        weights_notes: what a named weight set covers, shown by ``kjax info``, where Keras has it
+            for some option values only: ``{"imagenet": "alpha 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"}``.
         matcher: which Keras layer feeds which Flax submodule, when the plugin's own
             ``kjax_match_layers`` hook does not answer (or is not implemented). A core matcher by
             name: ``"default"`` (canonical names, then order within each kind of layer: Keras model
@@ -95,6 +97,7 @@ class ModelSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     weights: tuple[str, ...] = ("imagenet",)
     weights_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    weights_notes: Mapping[str, str] = field(default_factory=dict)
     matcher: str = "default"
     parity: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""

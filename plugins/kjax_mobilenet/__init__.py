@@ -23,5 +23,7 @@ def kjax_register_models(register):
             parameters=4_253_864,  # alpha 1.0
             preprocessing="tf",  # mobilenet.preprocess_input: scale to [-1, 1]
             options={"alpha": 1.0, "depth_multiplier": 1, "dropout": 1e-3},
+            weights_notes={"imagenet": "alpha 0.25, 0.5, 0.75 and 1.0 with depth_multiplier 1, at "
+                                       "128, 160, 192 or 224 pixels (the 224 file for other sizes)"},
         )
     )

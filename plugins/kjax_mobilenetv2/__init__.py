@@ -22,5 +22,7 @@ def kjax_register_models(register):
             parameters=3_538_984,  # alpha 1.0
             preprocessing="tf",
             options={"alpha": 1.0},
+            weights_notes={"imagenet": "alpha 0.35, 0.5, 0.75, 1.0, 1.3 and 1.4, at 96, 128, 160, "
+                                       "192 or 224 pixels (the 224 file for other sizes)"},
         )
     )

@@ -32,5 +32,7 @@ def kjax_register_models(register):
                 parameters=parameters,
                 preprocessing="none",  # in the graph (include_preprocessing)
                 options=OPTIONS,
+                weights_notes={"imagenet": "alpha 0.75 and 1.0, and minimalistic at alpha 1.0 "
+                                           "(trained at 224 pixels)"},
             )
         )
