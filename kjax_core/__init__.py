@@ -20,7 +20,7 @@ from .errors import (
 )
 from .plugin_system.hookspecs import hookimpl
 from .plugin_system.registry import get_spec, list_models
-from .plugin_system.types import LayerRule, ModelSpec
+from .plugin_system.types import LayerRule, ModelSpec, register_family
 from .version import __version__
 
 
@@ -28,7 +28,7 @@ __all__ = [
     "CorruptFileError", "InputError", "KjaxError", "LayerRule", "ModelSpec", "OptionError",
     "OutputError", "PluginError", "UnknownModelError", "WeightsError", "check_images", "create_model",
     "decode_predictions", "fold_batch_norm", "get_spec", "hookimpl", "list_models", "load",
-    "load_image", "predictor", "preprocess_input", "pretrained", "save", "translate",
+    "load_image", "predictor", "preprocess_input", "pretrained", "register_family", "save", "translate",
 ]
 
 

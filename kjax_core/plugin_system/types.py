@@ -195,3 +195,26 @@ class FlaxModuleInfo:
 def signature(leaves: Iterable[tuple[str, Path, int]]) -> Signature:
     """The kind of a layer or module: its (collection, relative leaf path, rank) triples."""
     return frozenset(leaves)
+
+
+def register_family(
+    register: Callable[[ModelSpec], None],
+    family: str,
+    variants: Iterable[tuple],
+    *,
+    keras_module: str,
+    flax_module: str,
+    **common: Any,
+) -> None:
+    """Register one :class:`ModelSpec` per variant of a family, for a plugin's
+    ``kjax_register_models``: the variants share ``family``, their modules and ``common`` fields.
+
+    :param variants: ``(name, constructor, parameters)`` triples, optionally with a fourth item,
+        a dict of this variant's own ModelSpec fields (``input_size``, ``weights``, ...). The Keras
+        reference is ``keras_module:constructor`` and the Flax twin ``flax_module:constructor``.
+    """
+    for name, constructor, parameters, *own in variants:
+        fields = {**common, **(own[0] if own else {})}
+        register(ModelSpec(name=name, family=family, parameters=parameters,
+                           keras_constructor=f"{keras_module}:{constructor}",
+                           flax_module=f"{flax_module}:{constructor}", **fields))

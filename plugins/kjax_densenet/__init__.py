@@ -3,7 +3,7 @@
 Registration only; the Flax module lives in ``kjax_densenet.model`` and is imported on use.
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
 # (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
 VARIANTS = (
@@ -15,14 +15,6 @@ VARIANTS = (
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="densenet",
-                keras_constructor=f"keras.applications.densenet:{keras_name}",
-                flax_module=f"kjax_densenet.model:{keras_name}",
-                parameters=parameters,
-                preprocessing="torch",  # densenet.preprocess_input: [0, 1], ImageNet mean/std
-            )
-        )
+    # densenet.preprocess_input: [0, 1], then the ImageNet mean and std
+    register_family(register, "densenet", VARIANTS, keras_module="keras.applications.densenet",
+                    flax_module="kjax_densenet.model", preprocessing="torch")

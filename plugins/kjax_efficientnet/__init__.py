@@ -7,34 +7,27 @@ Rescaling (by 1/sqrt(ImageNet std)) only when built with ``weights="imagenet"``;
 ``imagenet_rescaling`` follows through ``weights_options``.
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
-# (registry name, Keras constructor, default input size, Keras count_params() with top)
-VARIANTS = (
-    ("efficientnetb0", "EfficientNetB0", 224, 5_330_571),
-    ("efficientnetb1", "EfficientNetB1", 240, 7_856_239),
-    ("efficientnetb2", "EfficientNetB2", 260, 9_177_569),
-    ("efficientnetb3", "EfficientNetB3", 300, 12_320_535),
-    ("efficientnetb4", "EfficientNetB4", 380, 19_466_823),
-    ("efficientnetb5", "EfficientNetB5", 456, 30_562_527),
-    ("efficientnetb6", "EfficientNetB6", 528, 43_265_143),
-    ("efficientnetb7", "EfficientNetB7", 600, 66_658_687),
+# (registry name, Keras constructor, Keras count_params() with top, default input size)
+VARIANTS = tuple(
+    (name, constructor, parameters, {"input_size": (size, size, 3)})
+    for name, constructor, parameters, size in (
+        ("efficientnetb0", "EfficientNetB0", 5_330_571, 224),
+        ("efficientnetb1", "EfficientNetB1", 7_856_239, 240),
+        ("efficientnetb2", "EfficientNetB2", 9_177_569, 260),
+        ("efficientnetb3", "EfficientNetB3", 12_320_535, 300),
+        ("efficientnetb4", "EfficientNetB4", 19_466_823, 380),
+        ("efficientnetb5", "EfficientNetB5", 30_562_527, 456),
+        ("efficientnetb6", "EfficientNetB6", 43_265_143, 528),
+        ("efficientnetb7", "EfficientNetB7", 66_658_687, 600),
+    )
 )
 
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, size, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="efficientnet",
-                keras_constructor=f"keras.applications.efficientnet:{keras_name}",
-                flax_module=f"kjax_efficientnet.model:{keras_name}",
-                input_size=(size, size, 3),
-                min_input_size=32,
-                parameters=parameters,
-                preprocessing="none",
-                weights_options={"imagenet": {"imagenet_rescaling": True}},
-            )
-        )
+    register_family(register, "efficientnet", VARIANTS,
+                    keras_module="keras.applications.efficientnet",
+                    flax_module="kjax_efficientnet.model", preprocessing="none",
+                    weights_options={"imagenet": {"imagenet_rescaling": True}})

@@ -8,22 +8,15 @@ file from the input shape (a non-square or other size gets the 224 weights, with
 ``mobilenet_5_0_160_tf.h5``.
 """
 
-from kjax_core import ModelSpec, hookimpl
-
+from kjax_core import hookimpl, register_family
 
 @hookimpl
 def kjax_register_models(register):
-    register(
-        ModelSpec(
-            name="mobilenet",
-            family="mobilenet",
-            keras_constructor="keras.applications.mobilenet:MobileNet",
-            flax_module="kjax_mobilenet.model:MobileNet",
-            min_input_size=32,
-            parameters=4_253_864,  # alpha 1.0
-            preprocessing="tf",  # mobilenet.preprocess_input: scale to [-1, 1]
-            options={"alpha": 1.0, "depth_multiplier": 1, "dropout": 1e-3},
-            weights_notes={"imagenet": "alpha 0.25, 0.5, 0.75 and 1.0 with depth_multiplier 1, at "
-                                       "128, 160, 192 or 224 pixels (the 224 file for other sizes)"},
-        )
+    register_family(
+        register, "mobilenet", [("mobilenet", "MobileNet", 4_253_864)],  # count at alpha 1.0
+        keras_module="keras.applications.mobilenet", flax_module="kjax_mobilenet.model",
+        preprocessing="tf",  # mobilenet.preprocess_input: scale to [-1, 1]
+        options={"alpha": 1.0, "depth_multiplier": 1, "dropout": 1e-3},
+        weights_notes={"imagenet": "alpha 0.25, 0.5, 0.75 and 1.0 with depth_multiplier 1, at "
+                                   "128, 160, 192 or 224 pixels (the 224 file for other sizes)"},
     )

@@ -7,10 +7,7 @@ Keras' options keep their names: ``alpha``, ``minimalistic``, ``dropout_rate``,
 for the minimalistic variant at alpha 1.0, each with and without top (224 pixels).
 """
 
-from kjax_core import ModelSpec, hookimpl
-
-OPTIONS = {"alpha": 1.0, "minimalistic": False, "dropout_rate": 0.2,
-           "include_preprocessing": True}
+from kjax_core import hookimpl, register_family
 
 # (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
 VARIANTS = (
@@ -21,18 +18,12 @@ VARIANTS = (
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="mobilenetv3",
-                keras_constructor=f"keras.applications:{keras_name}",
-                flax_module=f"kjax_mobilenetv3.model:{keras_name}",
-                min_input_size=32,
-                parameters=parameters,
-                preprocessing="none",  # in the graph (include_preprocessing)
-                options=OPTIONS,
-                weights_notes={"imagenet": "alpha 0.75 and 1.0, and minimalistic at alpha 1.0 "
-                                           "(trained at 224 pixels)"},
-            )
-        )
+    register_family(
+        register, "mobilenetv3", VARIANTS, keras_module="keras.applications",
+        flax_module="kjax_mobilenetv3.model",
+        preprocessing="none",  # in the graph (include_preprocessing)
+        options={"alpha": 1.0, "minimalistic": False, "dropout_rate": 0.2,
+                 "include_preprocessing": True},
+        weights_notes={"imagenet": "alpha 0.75 and 1.0, and minimalistic at alpha 1.0 "
+                                   "(trained at 224 pixels)"},
+    )

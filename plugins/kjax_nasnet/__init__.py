@@ -3,27 +3,17 @@
 Registration only; the Flax module lives in ``kjax_nasnet.model`` and is imported on use.
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
-# (registry name, Keras constructor, default size, Keras count_params() with top and 1000 classes)
+# (registry name, Keras constructor, Keras count_params() with top and 1000 classes, default size)
 VARIANTS = (
-    ("nasnetmobile", "NASNetMobile", 224, 5_326_716),
-    ("nasnetlarge", "NASNetLarge", 331, 88_949_818),
+    ("nasnetmobile", "NASNetMobile", 5_326_716, {"input_size": (224, 224, 3)}),
+    ("nasnetlarge", "NASNetLarge", 88_949_818, {"input_size": (331, 331, 3)}),
 )
 
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, size, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="nasnet",
-                keras_constructor=f"keras.applications.nasnet:{keras_name}",
-                flax_module=f"kjax_nasnet.model:{keras_name}",
-                input_size=(size, size, 3),
-                min_input_size=32,
-                parameters=parameters,
-                preprocessing="tf",  # nasnet.preprocess_input: scale to [-1, 1]
-            )
-        )
+    # nasnet.preprocess_input: scale to [-1, 1]
+    register_family(register, "nasnet", VARIANTS, keras_module="keras.applications.nasnet",
+                    flax_module="kjax_nasnet.model", preprocessing="tf")

@@ -3,7 +3,7 @@
 Registration only; the Flax module lives in ``kjax_resnet.model`` and is imported on use.
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
 # (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
 VARIANTS = (
@@ -15,14 +15,5 @@ VARIANTS = (
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="resnet",
-                keras_constructor=f"keras.applications.resnet:{keras_name}",
-                flax_module=f"kjax_resnet.model:{keras_name}",
-                parameters=parameters,
-                preprocessing="caffe",
-            )
-        )
+    register_family(register, "resnet", VARIANTS, keras_module="keras.applications.resnet",
+                    flax_module="kjax_resnet.model", preprocessing="caffe")

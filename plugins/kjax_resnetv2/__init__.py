@@ -3,7 +3,7 @@
 Registration only; the Flax module lives in ``kjax_resnetv2.model`` and is imported on use.
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
 # (registry name, Keras constructor, Keras count_params() with top and 1000 classes)
 VARIANTS = (
@@ -15,14 +15,6 @@ VARIANTS = (
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="resnetv2",
-                keras_constructor=f"keras.applications.resnet_v2:{keras_name}",
-                flax_module=f"kjax_resnetv2.model:{keras_name}",
-                parameters=parameters,
-                preprocessing="tf",  # resnet_v2.preprocess_input: mode "tf", scale to [-1, 1]
-            )
-        )
+    # resnet_v2.preprocess_input: mode "tf", scale to [-1, 1]
+    register_family(register, "resnetv2", VARIANTS, keras_module="keras.applications.resnet_v2",
+                    flax_module="kjax_resnetv2.model", preprocessing="tf")
