@@ -26,8 +26,8 @@ from .convolution import conv
 from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
-    ACTIVATIONS, Conv, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation, avg_pool,
-    correct_pad, gelu, hard_sigmoid, hard_swish, kernel_and_bias, max_pool, zero_pad,
+    ACTIVATIONS, Conv, ConvModule, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation,
+    avg_pool, correct_pad, gelu, hard_sigmoid, hard_swish, kernel_and_bias, max_pool, zero_pad,
 )
 from .normalization import (
     BatchNorm, LayerNorm, Normalization, TFKerasBatchNorm, batch_moments, batch_norm,
@@ -36,7 +36,7 @@ from .normalization import (
 )
 
 __all__ = [
-    "ACTIVATIONS", "Application", "BatchNorm", "Block", "Conv", "Dense", "DepthwiseConv", "Dtype",
+    "ACTIVATIONS", "Application", "BatchNorm", "Block", "Conv", "ConvModule", "Dense", "DepthwiseConv", "Dtype",
     "LayerNorm", "LayerScale", "Normalization", "Pad", "PointwiseConv", "SeparableConv2D",
     "ShapeCheckedParams", "SqueezeExcite", "TFKerasBatchNorm", "activation", "avg_pool",
     "batch_moments", "batch_norm", "batch_norm_multiplier", "classifier_head", "conv",

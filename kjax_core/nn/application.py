@@ -196,8 +196,11 @@ class Application(Block, kw_only=True):
         """The images in the compute dtype: ``dtype``; without one, as any Flax layer would
         compute, the floating type of the images (float32 for integer images) promoted with
         ``param_dtype`` (float32 for float32 images and parameters). Images of another shape
-        than a batch (N, H, W, 3) fail with one line saying what to change."""
-        check_images(x, (None, None, 3), type(self).__name__)
+        than a batch (N, H, W, C) fail with one line saying what to change: a single image, or
+        a channels-first batch of RGB images (any number of channels last is let through)."""
+        shape = jnp.shape(x)
+        if len(shape) != 4 or (shape[1] == 3 and shape[-1] != 3):
+            check_images(x, (None, None, 3), type(self).__name__)
         if self.dtype is not None:
             return jnp.asarray(x, self.dtype)
         x = jnp.asarray(x)

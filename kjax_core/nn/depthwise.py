@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import PointwiseConv, ShapeCheckedParams, kernel_and_bias
+from .layers import ConvModule, PointwiseConv, kernel_and_bias
 
 Dtype = Any
 
@@ -131,7 +131,7 @@ def depthwise(
     )
 
 
-class DepthwiseConv(ShapeCheckedParams, nn.Module):
+class DepthwiseConv(ConvModule):
     """Keras DepthwiseConv2D with the variables of a Flax grouped ``nn.Conv``: ``kernel``
     (kh, kw, 1, C * depth_multiplier) and, with ``use_bias``, ``bias`` (C * depth_multiplier,),
     computed by :func:`depthwise` (the formulation of the platform). Padding as in
@@ -141,11 +141,6 @@ class DepthwiseConv(ShapeCheckedParams, nn.Module):
     strides: Sequence[int] = (1, 1)
     padding: Any = "VALID"
     depth_multiplier: int = 1
-    use_bias: bool = True
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from .layers import ShapeCheckedParams, kernel_and_bias
+from .layers import ConvModule, kernel_and_bias
 
 Dtype = Any
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -194,7 +194,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1
     )
 
 
-class GroupedConv(ShapeCheckedParams, nn.Module):
+class GroupedConv(ConvModule):
     """Keras ``Conv2D(groups=g)`` with the variables of a Flax grouped ``nn.Conv``: ``kernel``
     (kh, kw, C / groups, features) and, with ``use_bias``, ``bias`` (features,), computed by
     :func:`grouped_conv`. Padding 'SAME' (TF's), 'VALID' or explicit pairs."""
@@ -204,11 +204,6 @@ class GroupedConv(ShapeCheckedParams, nn.Module):
     groups: int
     strides: Sequence[int] = (1, 1)
     padding: Any = "VALID"
-    use_bias: bool = True
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -124,6 +124,18 @@ class ShapeCheckedParams:
         return flax.core.meta.unbox(value) if unbox else value
 
 
+class ConvModule(ShapeCheckedParams, nn.Module, kw_only=True):
+    """Base of kjax's own conv-like modules (pointwise, depthwise, grouped): ``nn.Conv``'s
+    bias, dtype and initializer fields (keyword-only, so a subclass's own fields may come first
+    and positional), for :func:`kernel_and_bias`."""
+
+    use_bias: bool = True
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+
+
 def kernel_and_bias(module: nn.Module, x: jax.Array, kernel_shape: Sequence[int]):
     """``(x, kernel, bias)`` of a conv-like module with ``nn.Conv``'s fields (``kernel_init``,
     ``bias_init``, ``use_bias``, ``dtype``, ``param_dtype``): ``kernel`` of ``kernel_shape``,
@@ -144,7 +156,7 @@ class Dense(ShapeCheckedParams, nn.Dense):
 
 
 
-class PointwiseConv(ShapeCheckedParams, nn.Module):
+class PointwiseConv(ConvModule):
     """A 1x1 convolution (any stride; 'same' and 'valid' agree for 1x1) as a matrix product over
     the channel axis, with ``nn.Conv``'s variables: kernel (1, 1, in, out), bias (out,).
 
@@ -155,11 +167,6 @@ class PointwiseConv(ShapeCheckedParams, nn.Module):
 
     features: int
     strides: int = 1
-    use_bias: bool = True
-    dtype: Dtype = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
