@@ -6,33 +6,26 @@ constant ImageNet Normalization, S/M/L Rescaling to [-1, 1]), so they take raw [
 ("none": ``efficientnet_v2.preprocess_input`` is the identity).
 """
 
-from kjax_core import ModelSpec, hookimpl
+from kjax_core import hookimpl, register_family
 
-# (registry name, Keras constructor, default input size, Keras count_params() with top)
-VARIANTS = (
-    ("efficientnetv2b0", "EfficientNetV2B0", 224, 7_200_312),
-    ("efficientnetv2b1", "EfficientNetV2B1", 240, 8_212_124),
-    ("efficientnetv2b2", "EfficientNetV2B2", 260, 10_178_374),
-    ("efficientnetv2b3", "EfficientNetV2B3", 300, 14_467_622),
-    ("efficientnetv2s", "EfficientNetV2S", 384, 21_612_360),
-    ("efficientnetv2m", "EfficientNetV2M", 480, 54_431_388),
-    ("efficientnetv2l", "EfficientNetV2L", 480, 119_027_848),
+# (registry name, Keras constructor, Keras count_params() with top, default input size)
+VARIANTS = tuple(
+    (name, constructor, parameters, {"input_size": (size, size, 3)})
+    for name, constructor, parameters, size in (
+        ("efficientnetv2b0", "EfficientNetV2B0", 7_200_312, 224),
+        ("efficientnetv2b1", "EfficientNetV2B1", 8_212_124, 240),
+        ("efficientnetv2b2", "EfficientNetV2B2", 10_178_374, 260),
+        ("efficientnetv2b3", "EfficientNetV2B3", 14_467_622, 300),
+        ("efficientnetv2s", "EfficientNetV2S", 21_612_360, 384),
+        ("efficientnetv2m", "EfficientNetV2M", 54_431_388, 480),
+        ("efficientnetv2l", "EfficientNetV2L", 119_027_848, 480),
+    )
 )
 
 
 @hookimpl
 def kjax_register_models(register):
-    for name, keras_name, size, parameters in VARIANTS:
-        register(
-            ModelSpec(
-                name=name,
-                family="efficientnetv2",
-                keras_constructor=f"keras.applications.efficientnet_v2:{keras_name}",
-                flax_module=f"kjax_efficientnetv2.model:{keras_name}",
-                input_size=(size, size, 3),
-                min_input_size=32,
-                parameters=parameters,
-                preprocessing="none",
-                options={"include_preprocessing": True},
-            )
-        )
+    register_family(register, "efficientnetv2", VARIANTS,
+                    keras_module="keras.applications.efficientnet_v2",
+                    flax_module="kjax_efficientnetv2.model", preprocessing="none",
+                    options={"include_preprocessing": True})
