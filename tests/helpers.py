@@ -44,3 +44,24 @@ def assert_same_variables(actual, expected):
     assert got.keys() == want.keys()
     for path, value in want.items():
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg="/".join(path))
+
+
+def perturbed(leaf, rng):
+    """``leaf`` with each element scaled by a random factor exp(0.3 N(0, 1)) (positive, so a
+    variance stays a variance; about 30% off)."""
+    return np.asarray(leaf * np.exp(0.3 * rng.standard_normal(np.shape(leaf))), leaf.dtype)
+
+
+def output_moves(apply, variables, x, expected, other, rng):
+    """How far (relative) ``apply``'s output moves from ``expected`` for ``other`` input and for
+    each leaf of ``variables`` :func:`perturbed` alone: what a parity check must be able to see."""
+    import jax
+
+    from kjax_core.parity import relative_error
+
+    moved = {"another input": relative_error(np.asarray(apply(variables, other)), expected)}
+    for path, _ in jax.tree_util.tree_leaves_with_path(variables):
+        changed = jax.tree_util.tree_map_with_path(
+            lambda p, v: perturbed(np.asarray(v), rng) if p == path else v, variables)
+        moved[jax.tree_util.keystr(path)] = relative_error(np.asarray(apply(changed, x)), expected)
+    return moved

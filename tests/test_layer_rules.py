@@ -42,6 +42,8 @@ from kjax_core.conversion.flax_side import flax_modules, trace_flax
 from kjax_core.conversion.keras_layers import convert_keras_layers
 from kjax_core.conversion.matching import default_match
 
+from helpers import output_moves
+
 SHAPE = (9, 7, 6)  # odd, non-square, more than one channel
 PRECISIONS = ("float64", "float32")
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
@@ -74,12 +76,6 @@ def translate_one(keras_model, module, shape=SHAPE):
     return assemble("test", layers, target, default_match(layers, flax_modules(target, order)))
 
 
-def _perturbed(leaf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``leaf`` with each element scaled by a random factor exp(0.3 N(0, 1)) (positive, so a
-    variance stays a variance; about 30% off)."""
-    return np.asarray(leaf * np.exp(0.3 * rng.standard_normal(np.shape(leaf))), leaf.dtype)
-
-
 class ParityFailure(AssertionError):
     """The layer-level parity assertion failed: ``error`` above ``tolerance`` (NaN counts as
     infinitely far)."""
@@ -95,7 +91,7 @@ def check(keras_layer: Callable[[str], Any], flax_fn: Callable[[Any, dict], Any]
     """Build the Keras layer (``keras_layer(dtype)``) in ``precision`` and randomise its weights,
     translate them into the Flax twin (``flax_fn(x, dtypes)``), assert parity (else
     :class:`ParityFailure`), then that the assertion can fail: the output of another input, and
-    the output with any one translated leaf changed (:func:`_perturbed`), are each more than
+    the output with any one translated leaf changed (:func:`helpers.perturbed`), are each more than
     :data:`MARGIN` tolerances from the Keras output."""
     tolerance = TOLERANCE[precision]
     with jax.enable_x64(precision == "float64"):
@@ -120,12 +116,7 @@ def check(keras_layer: Callable[[str], Any], flax_fn: Callable[[Any, dict], Any]
 
         # The comparison can fail: another input, or any one leaf changed, is far outside it.
         other = rng.normal(size=x.shape).astype(precision)
-        moved = {"another input": relative_error(np.asarray(apply(variables, other)), expected)}
-        for path, _ in jax.tree_util.tree_leaves_with_path(variables):
-            changed = jax.tree_util.tree_map_with_path(
-                lambda p, v: _perturbed(np.asarray(v), rng) if p == path else v, variables)
-            moved[jax.tree_util.keystr(path)] = relative_error(
-                np.asarray(apply(changed, x)), expected)
+        moved = output_moves(apply, variables, x, expected, other, rng)
     blind = {what: e for what, e in moved.items() if not e > MARGIN * tolerance}
     assert len(moved) > 1 and not blind, f"the comparison cannot see: {blind}"
     return variables

@@ -33,6 +33,8 @@ from kjax_core.conversion.assembly import assemble
 from kjax_core.conversion.flax_side import flax_modules, trace_flax
 from kjax_core.conversion.keras_layers import convert_keras_layers
 from kjax_core.conversion.matching import default_match
+
+from helpers import output_moves
 from kjax_core.nn import grouped as kgrouped
 from kjax_core.parity import randomize, relative_error
 from kjax_core.parity.reference import _float64_policy
@@ -97,10 +99,6 @@ def translate(keras_model, module, shape):
     return assemble("test", layers, target, default_match(layers, flax_modules(target, order)))
 
 
-def _perturbed(leaf, rng):
-    return np.asarray(leaf * np.exp(0.3 * rng.standard_normal(np.shape(leaf))), leaf.dtype)
-
-
 def check(build_keras: Callable[[Any], Any], module: nn.Module, precision: str, shape,
           *, scale: float = 1.0, wrong: dict[str, Callable] | None = None):
     """Build the Keras model (``build_keras(inputs)`` -> outputs) in ``precision``, randomise and
@@ -126,12 +124,7 @@ def check(build_keras: Callable[[Any], Any], module: nn.Module, precision: str, 
         assert error < tolerance, f"error {error:.3g} > {tolerance:g} ({precision})"
 
         other = (scale * rng.normal(size=x.shape)).astype(precision)
-        moved = {"another input": relative_error(np.asarray(apply(variables, other)), expected)}
-        for path, _ in jax.tree_util.tree_leaves_with_path(variables):
-            changed = jax.tree_util.tree_map_with_path(
-                lambda p, v: _perturbed(np.asarray(v), rng) if p == path else v, variables)
-            moved[jax.tree_util.keystr(path)] = relative_error(
-                np.asarray(apply(changed, x)), expected)
+        moved = output_moves(apply, variables, x, expected, other, rng)
         for label, mistake in (wrong or {}).items():
             moved[label] = relative_error(np.asarray(mistake(variables, x)), expected)
     blind = {what: e for what, e in moved.items() if not e > MARGIN * tolerance}
