@@ -10,8 +10,11 @@ Engines (KERAS_BACKEND is fixed per process, so each needs its own):
                convolutions), ``kjax-bf16`` (the same with bfloat16 compute), ``kjax-ynn`` (the
                predictor with XLA's default options, ``xla_options={}``: YNNPACK convolutions)
                and ``kjax-fold`` (kjax_core.fold_batch_norm, then a plain jax.jit);
-    keras-jax  Keras 3 on the JAX backend: ``model.stateless_call`` under jax.jit;
-    keras-tf   Keras 3 on TensorFlow: ``tf.function(model, jit_compile=True)``.
+    keras-jax  Keras 3 on the JAX backend: ``model.stateless_call`` under jax.jit (for a family
+               only tf_keras has, RegNet, the same graph written with Keras 3 layers:
+               :data:`KERAS3_TWINS`);
+    keras-tf   Keras 3 on TensorFlow: ``tf.function(model, jit_compile=True)`` (tf_keras' model
+               for ResNet-RS and RegNet).
 
 Requests: {"op": "info"}, {"op": "matmul"}, {"op": "load", "model": M, "batch": B,
 "variants": [...]}, {"op": "step", "variant": V}, {"op": "quit"}.
@@ -87,7 +90,10 @@ class Engine:
         self.steps = {}
         spec = kjax_core.get_spec(model)
         start = time.perf_counter()
-        keras_model = spec.load(spec.keras_constructor)(weights=None)
+        if ENGINE == "keras-jax" and spec.keras_constructor.startswith("tf_keras"):
+            keras_model = keras3_twin(spec)
+        else:
+            keras_model = spec.load(spec.keras_constructor)(weights=None)
         size = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
         return keras_model, size, time.perf_counter() - start
 
@@ -98,6 +104,24 @@ class Engine:
         first = time.perf_counter() - t0
         self.steps[name] = step
         return {name: first}
+
+
+# Families that exist only in tf_keras, which Keras on JAX cannot run: the same graph written with
+# Keras 3 layers, built by ``module:function(model name)`` (a module of benchmarks/).
+KERAS3_TWINS = {"regnet": "keras3_regnet:build"}
+
+
+def keras3_twin(spec):
+    """The Keras 3 model standing in for a tf_keras one on the keras-jax engine."""
+    import importlib
+
+    ref = KERAS3_TWINS.get(spec.family)
+    if ref is None:
+        raise RuntimeError(f"{spec.name} is a tf_keras model, which Keras on JAX cannot build, and "
+                           "benchmarks/ has no Keras 3 version of it")
+    module, _, function = ref.partition(":")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    return getattr(importlib.import_module(module), function)(spec.name)
 
 
 class JaxMixin:
