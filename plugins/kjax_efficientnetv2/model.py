@@ -83,7 +83,8 @@ def round_filters(filters: float, width_coefficient: float, min_depth: int | Non
     when rounding lost more than 10%."""
     filters *= width_coefficient
     minimum_depth = min_depth or depth_divisor
-    return int(max(minimum_depth, int(filters + depth_divisor / 2) // depth_divisor * depth_divisor))
+    rounded = int(filters + depth_divisor / 2) // depth_divisor * depth_divisor
+    return int(max(minimum_depth, rounded))
 
 
 def round_repeats(repeats: int, depth_coefficient: float) -> int:
@@ -196,7 +197,8 @@ class EfficientNetV2(knn.Application):
     blocks_args: Sequence[tuple] | None = None  # None: Keras' "default", by model_name
     include_preprocessing: bool = True
 
-    def round(self, filters: int) -> int:
+    def round_filters(self, filters: int) -> int:
+        """Keras' ``round_filters`` with this model's coefficients."""
         return round_filters(filters, self.width_coefficient, self.min_depth, self.depth_divisor)
 
     @nn.compact
@@ -214,7 +216,7 @@ class EfficientNetV2(knn.Application):
             else:
                 x = knn.rescaling(x, 1.0 / 128.0, -1.0)
 
-        x = knn.conv(x, self.round(blocks_args[0][2]), 3, strides=2, padding="same",
+        x = knn.conv(x, self.round_filters(blocks_args[0][2]), 3, strides=2, padding="same",
                      use_bias=False, name="stem_conv", **kw)
         x = act(bn(x, name="stem_bn"))
 
@@ -227,7 +229,8 @@ class EfficientNetV2(knn.Application):
             if num_repeat <= 0:
                 raise ValueError(f"The number of repeats in `EfficientNetV2` must be > 0. "
                                  f"Received: num_repeat={num_repeat}")
-            filters_in, filters_out = self.round(filters_in), self.round(filters_out)
+            filters_in = self.round_filters(filters_in)
+            filters_out = self.round_filters(filters_out)
             block = (MBConvBlock, FusedMBConvBlock)[conv_type]
             for j in range(round_repeats(num_repeat, self.depth_coefficient)):
                 if j > 0:
@@ -248,7 +251,8 @@ class EfficientNetV2(knn.Application):
                 )(x, train)
                 b += 1
 
-        x = knn.conv(x, self.round(1280), 1, padding="same", use_bias=False, name="top_conv", **kw)
+        x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,
+                     name="top_conv", **kw)
         x = act(bn(x, name="top_bn"))
         return self.top(x, dropout_rate=self.dropout_rate, train=train)
 
