@@ -7,6 +7,7 @@ import inspect
 import pytest
 
 from kjax_core import get_spec, list_models
+from kjax_core.plugin_system.types import KJAX_OPTIONS
 
 # Keras keywords that are legitimately not options of the Flax twin, with the reason.
 NOT_OPTIONS = {
@@ -32,7 +33,8 @@ def option_problems(spec):
     keywords = {p.name: p.default for p in parameters
                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    options = spec.default_options()
+    # Options of kjax's own (features_only), which the translator keeps from Keras.
+    options = {k: v for k, v in spec.default_options().items() if k not in KJAX_OPTIONS}
     problems = []
     missing = sorted(set(keywords) - set(options) - set(NOT_OPTIONS))
     if missing:

@@ -4,7 +4,7 @@ plugin registers is covered here without a test of its own.
 For each model, at small odd non-square sizes (size-parity bugs hide at 224; small keeps the zoo
 cheap): Keras and kjax on the same randomised, calibrated weights, judged in float64 (within 1e-9;
 kjax's float32 no worse than twice Keras' own float32 error), with top (logits, 1000 classes) and
-without; the spec's parameter count is Keras' ``count_params()``; and the Flax tree holds exactly
+without (as a feature pyramid: ``features_only``); the spec's parameter count is Keras' ``count_params()``; and the Flax tree holds exactly
 the numbers of the Keras model (every weight used once, every leaf filled once) but those a layer
 rule deliberately drops. What a family does beyond this (default size, pooling, train mode, the
 imagenet path) is in its own test file.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import kjax_core
-from kjax_core.parity import assert_parity, compare, reference_model, sample_images
+from kjax_core.parity import compare, keras_feature_layers, reference_model, sample_images
 from kjax_core.conversion.keras_layers import iter_keras_layers, short_name
 
 from helpers import leaves
@@ -65,10 +65,17 @@ def test_with_top_and_parameter_count(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_without_top(name):
+def test_without_top_feature_pyramid(name):
+    """Without top, as a backbone: ``features_only=True`` gives the maps P1..P5 of the Keras
+    layers :func:`keras_feature_layers` finds in Keras' graph alone (float64 and float32), the
+    last of them Keras' output without top and pooling."""
     spec = kjax_core.get_spec(name)
     _, size = contract_sizes(spec)
-    (report,) = assert_parity(name, input_shape=(*size, spec.input_size[2]), include_top=False,
-                              float32=False)
-    print(report.summary())
-    assert len(report.output_shape) == 4 and report.output_shape[0] == 2
+    translation, keras_model = reference_model(name, input_shape=(*size, spec.input_size[2]),
+                                               include_top=False, features_only=True)
+    report = compare(translation, keras_model, sample_images((2, *size, spec.input_size[2]), 7))
+    print(report.summary(), keras_feature_layers(keras_model))
+    assert report.ok, f"{report.summary()}: {'; '.join(report.problems)}"
+    assert set(report.output_shape) >= {"P3", "P4", "P5"}
+    assert all(len(shape) == 4 and shape[0] == 2 for shape in report.output_shape.values())
+    assert keras_feature_layers(keras_model)["P5"] == keras_model.layers[-1].name

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import CorruptFileError, OptionError, WeightsError
-from ..plugin_system.types import ModelSpec
+from ..plugin_system.types import KJAX_OPTIONS, ModelSpec
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -392,6 +392,11 @@ def file_matches_hash(path: str, expected: str) -> bool:
     return digest.hexdigest() == expected.lower()
 
 
+def keras_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the Keras constructor takes: all but kjax's own (``features_only``)."""
+    return {key: value for key, value in options.items() if key not in KJAX_OPTIONS}
+
+
 def published_file(
     spec: ModelSpec, options: dict[str, Any], weight_set: str,
     input_shape: tuple[int, int, int] | None = None,
@@ -401,7 +406,7 @@ def published_file(
     options or asks for nothing."""
     prepare_environment(translation_backend(spec))
     constructor = spec.load(spec.keras_constructor)
-    kwargs = {**options, "weights": weight_set}
+    kwargs = {**keras_options(options), "weights": weight_set}
     if input_shape is not None:
         kwargs["input_shape"] = tuple(input_shape)
     record: list[dict[str, Any]] = []
@@ -461,7 +466,7 @@ def build_keras_model(
     if choice.set and not choice.file and served is not None and served.set == choice.set:
         choice = served
     constructor = spec.load(spec.keras_constructor)
-    kwargs = dict(options)
+    kwargs = keras_options(options)
     kwargs["weights"] = choice.set
     if input_shape is not None:
         kwargs["input_shape"] = tuple(input_shape)

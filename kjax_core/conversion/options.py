@@ -64,6 +64,9 @@ def check_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]:
         )
     if not isinstance(result["classes"], int) or result["classes"] < 1:
         raise OptionError(f"classes must be a positive integer; got {result['classes']!r}")
+    if result["features_only"] and (result["include_top"] or result["pooling"] is not None):
+        raise OptionError("features_only=True returns the feature maps of the model without top: "
+                          "it needs include_top=False and pooling=None")
     return result
 
 

@@ -26,6 +26,7 @@ from flax import linen as nn
 
 from ..images import check_images
 from .convolution import conv
+from .features import feature_pyramid
 from .layers import Dense, activation
 from .normalization import LayerNorm
 
@@ -181,6 +182,18 @@ class Block(nn.Module, kw_only=True):
     def dtypes(self) -> dict[str, Dtype]:
         return {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
+    def tap(self, x: jax.Array) -> jax.Array:
+        """Offer ``x`` as the feature map of its resolution (see :mod:`kjax_core.nn.features`)
+        and return it unchanged: kept by the model being applied when it was built with
+        ``features_only=True``, ignored otherwise. A family taps the point after which Keras'
+        model leaves that resolution (a later tap at the same resolution replaces it)."""
+        root: Any = self
+        while isinstance(root, nn.Module) and not isinstance(root, Application):
+            root = root.parent
+        if isinstance(root, Application) and root.features_only:
+            root._feature_taps.append(x)
+        return x
+
 
 class Application(Block, kw_only=True):
     """Base of a family's model: the options every Keras application has, with Keras' names and
@@ -191,6 +204,9 @@ class Application(Block, kw_only=True):
     pooling: str | None = None
     classes: int = 1000
     classifier_activation: str | None = "softmax"
+    # Return the feature pyramid {"P1": ..., "P5": ...} instead of the top (include_top=False,
+    # pooling=None): see kjax_core.nn.features.
+    features_only: bool = False
 
     def inputs(self, x: jax.Array) -> jax.Array:
         """The images in the compute dtype: ``dtype``; without one, as any Flax layer would
@@ -201,14 +217,28 @@ class Application(Block, kw_only=True):
         shape = jnp.shape(x)
         if len(shape) != 4 or (shape[1] == 3 and shape[-1] != 3):
             check_images(x, (None, None, 3), type(self).__name__)
+        if self.features_only:
+            if self.include_top or self.pooling is not None:
+                raise ValueError("features_only=True returns the feature maps: it needs "
+                                 "include_top=False and pooling=None")
+            # The maps tapped during this call (Block.tap); a bound module lives for one call.
+            object.__setattr__(self, "_feature_taps", [])
+            object.__setattr__(self, "_image_size", shape[1:3])
         if self.dtype is not None:
             return jnp.asarray(x, self.dtype)
         x = jnp.asarray(x)
         floating = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         return x.astype(jnp.promote_types(floating, self.param_dtype))
 
+    def features(self, x: jax.Array) -> dict[str, jax.Array]:
+        """The feature pyramid, ``x`` (the head's output without top or pooling) the last map."""
+        self.tap(x)
+        return feature_pyramid(self._image_size, self._feature_taps)
+
     def top(self, x: jax.Array, *, dropout_rate: float = 0.0, train: bool = False) -> jax.Array:
         """Keras' head on the last feature map (see :func:`classifier_head`)."""
+        if self.features_only:
+            return self.features(x)
         return classifier_head(x, include_top=self.include_top, pooling=self.pooling,
                                classes=self.classes, classifier_activation=self.classifier_activation,
                                dropout_rate=dropout_rate, train=train, **self.dtypes)
@@ -227,6 +257,8 @@ class Application(Block, kw_only=True):
         ``self.conv_top(x, dropout_rate=self.dropout, train=train)``; v3 ``self.conv_top(x,
         logits_name="logits", hidden_features=last_point_ch, hidden_activation=knn.hard_swish,
         dropout_rate=self.dropout_rate, train=train)``."""
+        if self.features_only:
+            return self.features(x)
         return conv_classifier_head(
             x, logits_name=logits_name, hidden_features=hidden_features, hidden_name=hidden_name,
             hidden_activation=hidden_activation, dropout_rate=dropout_rate, train=train,
@@ -235,11 +267,15 @@ class Application(Block, kw_only=True):
     def flatten_top(self, x: jax.Array, *, hidden: Sequence[int] = (4096, 4096),
                     hidden_names: Sequence[str] = ("fc1", "fc2")) -> jax.Array:
         """VGG's head (see :func:`flatten_classifier_head`): ``self.flatten_top(x)``."""
+        if self.features_only:
+            return self.features(x)
         return flatten_classifier_head(x, hidden=hidden, hidden_names=hidden_names,
                                        **self.head_options)
 
     def layer_norm_top(self, x: jax.Array, *, prefix: str, epsilon: float = 1e-6) -> jax.Array:
         """ConvNeXt's head (see :func:`layer_norm_classifier_head`):
-        ``self.layer_norm_top(x, prefix=self.name_prefix)``."""
-        return layer_norm_classifier_head(x, prefix=prefix, epsilon=epsilon, **self.head_options)
+        ``self.layer_norm_top(x, prefix=self.name_prefix)``. Its feature maps end with the head's
+        LayerNormalization, applied per position as Keras does without top and pooling."""
+        x = layer_norm_classifier_head(x, prefix=prefix, epsilon=epsilon, **self.head_options)
+        return self.features(x) if self.features_only else x
 

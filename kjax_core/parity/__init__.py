@@ -28,6 +28,7 @@ deliberately broken translation (the first BatchNorm's statistics reset, the lay
 first), must differ from the reference by more than :data:`MIN_SENSITIVITY`.
 """
 
+from .features import keras_feature_layers, keras_features
 from .judge import (
     FLOAT32_FACTOR, FLOAT64_TOLERANCE, MIN_SENSITIVITY, ParityReport, assert_parity,
     assert_train_step, break_translation, check, compare, reference_model, relative_error,
@@ -41,6 +42,6 @@ __all__ = [
     "CALIBRATIONS", "FLOAT32_FACTOR", "FLOAT64_TOLERANCE", "MIN_SENSITIVITY", "PARITY_DEFAULTS",
     "ParityReport", "assert_parity", "assert_train_step", "break_translation", "calibrate",
     "calibrate_normalization", "check", "compare", "float64_module", "float64_variables",
-    "keras_float64", "parity_settings", "prepare_reference", "randomize", "reference_model",
-    "relative_error", "sample_images",
+    "keras_feature_layers", "keras_features", "keras_float64", "parity_settings",
+    "prepare_reference", "randomize", "reference_model", "relative_error", "sample_images",
 ]

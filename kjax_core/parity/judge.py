@@ -14,6 +14,7 @@ from ..conversion.keras_layers import iter_keras_layers
 from ..conversion.keras_model import prepare_environment
 from ..plugin_system.registry import get_spec
 from ..preprocessing import apply_mode
+from .features import keras_features
 from .reference import (
     float64_module, float64_variables, keras_float64, parity_settings, prepare_reference,
     sample_images,
@@ -57,6 +58,25 @@ def break_translation(variables: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     raise ValueError("nothing to break: the model has no BatchNorm statistics and no kernel")
 
 
+def _numpy(outputs: Any) -> Any:
+    """A model's output as numpy: an array, or a dict of arrays (a feature pyramid)."""
+    if isinstance(outputs, dict):
+        return {key: np.asarray(value) for key, value in outputs.items()}
+    return np.asarray(outputs)
+
+
+def _arrays(outputs: Any) -> list[np.ndarray]:
+    return [outputs[k] for k in sorted(outputs)] if isinstance(outputs, dict) else [outputs]
+
+
+def _error(actual: Any, expected: Any) -> float:
+    """:func:`relative_error`; for feature pyramids the largest over the levels, so a level that
+    is wrong alone (a map tapped at the wrong layer) is not hidden by the others' norms."""
+    if isinstance(expected, dict):
+        return max(relative_error(actual[key], expected[key]) for key in expected)
+    return relative_error(actual, expected)
+
+
 FLOAT64_TOLERANCE = 1e-9  # kjax float64 against Keras float64: a correct twin lands near 1e-14
 FLOAT32_FACTOR = 2.0  # kjax float32 may be this many times as far from Keras float64 as Keras float32
 # The test must be able to fail: two different images, and a deliberately broken translation,
@@ -78,7 +98,7 @@ class ParityReport:
     model: str
     input_shape: tuple[int, ...]
     options: dict[str, Any]
-    output_shape: tuple[int, ...]
+    output_shape: Any  # a tuple; for a feature pyramid, {level: tuple}
     error64: float  # kjax float64 vs Keras float64
     max_abs_error64: float
     error32: float | None  # kjax float32 vs Keras float64 (None: float32 not checked)
@@ -153,40 +173,51 @@ def compare(
 
     x32 = np.asarray(apply_mode(translation.spec.preprocessing, images), np.float32)
     x64 = x32.astype(np.float64)
-    expected = np.asarray(keras_float64(translation, keras_model)(x64, training=False))
+    keras64 = keras_float64(translation, keras_model)
+    features = bool(translation.options.get("features_only"))
+    if features:  # the feature pyramid: Keras' layers found from its graph alone
+        keras64, keras_model = keras_features(keras64), keras_features(keras_model)
+    expected = _numpy(keras64(x64, training=False))
     with jax.enable_x64(True):
         apply64 = jax.jit(float64_module(translation.module).apply)
         # One float64 copy of the variables, on the device, made leaf by leaf; the broken
         # translation shares all of it but the leaves it changes.
         variables64 = jax.tree.map(lambda a: jax.device_put(float64_variables(a)),
                                    translation.variables)
-        actual = np.asarray(apply64(variables64, x64))
+        actual = _numpy(apply64(variables64, x64))
         what, broken = break_translation(variables64)
-        broken_out = np.asarray(apply64(broken, x64))
+        broken_out = _numpy(apply64(broken, x64))
         del variables64, broken
+    if features and set(actual) != set(expected):
+        raise AssertionError(f"kjax gives the feature levels {sorted(actual)}, Keras' graph "
+                             f"{sorted(expected)}")
     error32 = keras_error32 = None
     if float32:
-        keras32 = np.asarray(keras_model(x32, training=False))
-        ours32 = np.asarray(jax.jit(translation.module.apply)(translation.variables, x32))
-        if ours32.dtype != np.float32:
-            raise AssertionError(f"the float32 model returned {ours32.dtype}")
-        error32, keras_error32 = relative_error(ours32, expected), relative_error(keras32, expected)
-    if actual.dtype != np.float64:
-        raise AssertionError(f"the float64 model returned {actual.dtype}")
-    sensitivity = relative_error(actual[:1], actual[1:2]) if len(actual) > 1 else float("inf")
+        keras32 = _numpy(keras_model(x32, training=False))
+        ours32 = _numpy(jax.jit(translation.module.apply)(translation.variables, x32))
+        if any(a.dtype != np.float32 for a in _arrays(ours32)):
+            raise AssertionError(f"the float32 model returned {_arrays(ours32)[0].dtype}")
+        error32, keras_error32 = _error(ours32, expected), _error(keras32, expected)
+    if any(a.dtype != np.float64 for a in _arrays(actual)):
+        raise AssertionError(f"the float64 model returned {_arrays(actual)[0].dtype}")
+    batch = len(_arrays(actual)[0])
+    sensitivity = (min(relative_error(a[:1], a[1:2]) for a in _arrays(actual))
+                   if batch > 1 else float("inf"))
     return ParityReport(
         model=translation.spec.name,
         input_shape=tuple(images.shape[1:]),
         options={k: v for k, v in translation.options.items()
                  if v != translation.spec.default_options()[k]},
-        output_shape=tuple(actual.shape),
-        error64=relative_error(actual, expected),
-        max_abs_error64=float(np.max(np.abs(actual - expected))),
+        output_shape=(tuple(actual.shape) if not features
+                      else {k: tuple(v.shape) for k, v in actual.items()}),
+        error64=_error(actual, expected),
+        max_abs_error64=max(float(np.max(np.abs(a - e)))
+                            for a, e in zip(_arrays(actual), _arrays(expected))),
         error32=error32,
         keras_error32=keras_error32,
         sensitivity=sensitivity,
         broken=what,
-        broken_error=relative_error(broken_out, expected),
+        broken_error=_error(broken_out, expected),
         tolerance=tolerance,
         float32_factor=float32_factor,
     )

@@ -33,6 +33,11 @@ COMMON_OPTIONS: Mapping[str, Any] = {
     "classifier_activation": "softmax",
 }
 
+# Options of every Flax twin that its Keras constructor does not take (the translator builds the
+# Keras model without them): features_only returns the feature pyramid (kjax_core.nn.features),
+# from the weights of the model without top.
+KJAX_OPTIONS: Mapping[str, Any] = {"features_only": False}
+
 
 def resolve(ref: str) -> Any:
     """Import ``"package.module:attr.path"`` and return the attribute."""
@@ -114,7 +119,7 @@ class ModelSpec:
 
     def default_options(self) -> dict[str, Any]:
         """Every option the model takes, with its default."""
-        return {**COMMON_OPTIONS, **self.options}
+        return {**COMMON_OPTIONS, **KJAX_OPTIONS, **self.options}
 
 
 @dataclass(frozen=True)

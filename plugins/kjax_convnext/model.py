@@ -106,6 +106,7 @@ class ConvNeXt(knn.Application):
                     name=f"{name}_stage_{i}_block_{j}",
                     **kw,
                 )(x, train)
+                self.tap(x)
             cur += depth
         return self.layer_norm_top(x, prefix=name, epsilon=EPSILON)
 

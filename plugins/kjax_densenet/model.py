@@ -45,7 +45,7 @@ class TransitionBlock(knn.Block):
         kw = self.dtypes
         x = nn.relu(knn.batch_norm(x, name="bn", train=train, epsilon=EPSILON, **kw))
         x = knn.conv(x, int(x.shape[-1] * self.reduction), 1, use_bias=False, name="conv", **kw)
-        return knn.avg_pool(x, 2, 2)  # 'valid': an odd size drops its last row/column
+        return knn.avg_pool(self.tap(x), 2, 2)  # 'valid': an odd size drops its last row/column
 
 
 class DenseNet(knn.Application):
@@ -60,7 +60,7 @@ class DenseNet(knn.Application):
         x = knn.zero_pad(x, ((3, 3), (3, 3)))
         x = knn.conv(x, 64, 7, strides=2, use_bias=False, name="conv1_conv", **kw)
         x = knn.batch_norm(x, name="conv1_bn", train=train, epsilon=EPSILON, **kw)
-        x = nn.relu(x)
+        x = self.tap(nn.relu(x))
         x = knn.zero_pad(x, ((1, 1), (1, 1)))  # zeros (not -inf) before the max pool
         x = knn.max_pool(x, 3, 2)
         for stage, blocks in enumerate(self.blocks):

@@ -62,6 +62,8 @@ class Block(knn.Block):
         if self.expand_ratio != 1:
             x = knn.conv(x, filters, 1, padding="same", use_bias=False, name="expand_conv", **kw)
             x = act(bn(x, name="expand_bn"))
+            if self.strides > 1:
+                self.tap(x)  # the last map before the strided depthwise
         x = knn.correct_pad_conv(x, self.kernel_size, strides=self.strides,
                                  layer=knn.depthwise_conv, use_bias=False, name="dwconv", **kw)
         x = act(bn(x, name="bn"))
@@ -114,7 +116,7 @@ class EfficientNet(knn.Application):
             x = knn.rescaling(x, [1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB])
         x = knn.correct_pad_conv(x, 3, strides=2, features=self.round_filters(32), use_bias=False,
                                  name="stem_conv", **kw)
-        x = act(bn(x, name="stem_bn"))
+        x = self.tap(act(bn(x, name="stem_bn")))
 
         b = 0
         blocks = float(sum(self.round_repeats(args[1]) for args in self.blocks_args))
@@ -138,6 +140,7 @@ class EfficientNet(knn.Application):
                     name=f"block{i + 1}{chr(j + 97)}",
                     **kw,
                 )(x, train)
+                self.tap(x)
                 b += 1
 
         x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,

@@ -116,6 +116,8 @@ class MBConvBlock(knn.Block):
         if self.expand_ratio != 1:
             x = knn.conv(x, filters, 1, padding="same", use_bias=False, name="expand_conv", **kw)
             x = act(bn(x, name="expand_bn"))
+            if self.strides > 1:
+                self.tap(x)  # the last map before the strided depthwise
         x = knn.depthwise_conv(x, kernel_size=self.kernel_size, strides=self.strides,
                                padding="same", use_bias=False, name="dwconv2", **kw)
         x = act(bn(x, name="bn"))
@@ -218,7 +220,7 @@ class EfficientNetV2(knn.Application):
 
         x = knn.conv(x, self.round_filters(blocks_args[0][2]), 3, strides=2, padding="same",
                      use_bias=False, name="stem_conv", **kw)
-        x = act(bn(x, name="stem_bn"))
+        x = self.tap(act(bn(x, name="stem_bn")))
 
         b = 0
         # Keras divides by the repeats as given, before depth scaling (v1 after).
@@ -249,6 +251,7 @@ class EfficientNetV2(knn.Application):
                     name=f"block{i + 1}{chr(j + 97)}",
                     **kw,
                 )(x, train)
+                self.tap(x)
                 b += 1
 
         x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,

@@ -62,16 +62,16 @@ class InceptionResNetV2(knn.Application):
 
         def block(x, block_type, index, activation=True):
             scale = 1.0 if not activation else BLOCKS[block_type][1]
-            return InceptionResNetBlock(block_type, scale, activation,
-                                        name=f"{block_type}_{index}", **kw)(x, train)
+            return self.tap(InceptionResNetBlock(block_type, scale, activation,
+                                                 name=f"{block_type}_{index}", **kw)(x, train))
 
         x = self.inputs(x)
         x = unit(x, "stem_1", 32, (3, 3), 2, "valid")
         x = unit(x, "stem_2", 32, (3, 3), 1, "valid")
-        x = unit(x, "stem_3", 64, (3, 3))
+        x = self.tap(unit(x, "stem_3", 64, (3, 3)))
         x = knn.max_pool(x, 3, 2)
         x = unit(x, "stem_4", 80, (1, 1), 1, "valid")
-        x = unit(x, "stem_5", 192, (3, 3), 1, "valid")
+        x = self.tap(unit(x, "stem_5", 192, (3, 3), 1, "valid"))
         x = knn.max_pool(x, 3, 2)
 
         # mixed_5b (Inception-A)

@@ -35,7 +35,7 @@ class MobileNet(knn.Application):
         x = self.inputs(x)
         x = knn.conv(x, int(32 * self.alpha), 3, strides=2, padding="same", use_bias=False,
                      name="conv1", **kw)
-        x = nn.relu6(bn(x, name="conv1_bn"))
+        x = self.tap(nn.relu6(bn(x, name="conv1_bn")))
         for block_id, (filters, strides) in enumerate(BLOCKS, 1):
             if strides == 2:
                 x = knn.zero_pad(x, ((0, 1), (0, 1)))
@@ -46,5 +46,5 @@ class MobileNet(knn.Application):
             x = nn.relu6(bn(x, name=f"conv_dw_{block_id}_bn"))
             x = knn.conv(x, int(filters * self.alpha), 1, padding="same", use_bias=False,
                          name=f"conv_pw_{block_id}", **kw)
-            x = nn.relu6(bn(x, name=f"conv_pw_{block_id}_bn"))
+            x = self.tap(nn.relu6(bn(x, name=f"conv_pw_{block_id}_bn")))
         return self.conv_top(x, logits_name="conv_preds", dropout_rate=self.dropout, train=train)

@@ -50,6 +50,8 @@ class InvertedResBlock(knn.Block):
             x = knn.conv(x, self.expansion * in_channels, 1, padding="same", use_bias=False,
                          name="expand", **kw)
             x = jax.nn.relu6(bn(x, name="expand_BN"))
+            if self.stride > 1:
+                self.tap(x)  # the last map before the strided depthwise
         x = knn.correct_pad_conv(x, 3, strides=self.stride, layer=knn.depthwise_conv,
                                  use_bias=False, name="depthwise", **kw)
         x = jax.nn.relu6(bn(x, name="depthwise_BN"))

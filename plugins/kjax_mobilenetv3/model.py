@@ -65,6 +65,8 @@ class MobileNetV3(knn.Application):
                 x = knn.conv(x, expanded, 1, padding="same", use_bias=False,
                              name=f"{prefix}expand", **kw)
                 x = activation(bn(x, name=f"{prefix}expand_bn"))
+                if stride > 1:
+                    self.tap(x)  # the last map before the strided depthwise
             x = knn.correct_pad_conv(x, kernel_size, strides=stride, layer=knn.depthwise_conv,
                                      use_bias=False, name=f"{prefix}depthwise", **kw)
             x = activation(bn(x, name=f"{prefix}depthwise_bn"))
@@ -76,13 +78,13 @@ class MobileNetV3(knn.Application):
             x = knn.conv(x, filters, 1, padding="same", use_bias=False, name=f"{prefix}project",
                          **kw)
             x = bn(x, name=f"{prefix}project_bn")
-            return shortcut + x if stride == 1 and infilters == filters else x
+            return self.tap(shortcut + x if stride == 1 and infilters == filters else x)
 
         x = self.inputs(x)
         if self.include_preprocessing:
             x = knn.rescaling(x, 1.0 / 127.5, -1.0)
         x = knn.conv(x, 16, 3, strides=2, padding="same", use_bias=False, name="conv", **kw)
-        x = model_activation(bn(x, name="conv_bn"))
+        x = self.tap(model_activation(bn(x, name="conv_bn")))
         for block_id, (expansion, filters, k, stride, se, act) in enumerate(self.blocks):
             activation: Callable = nn.relu if act == "relu" else model_activation
             x = inverted_res_block(x, expansion, knn.make_divisible(filters * self.alpha),

@@ -82,7 +82,7 @@ class NASNet(knn.Application):
             x3 = knn.avg_pool(h, 3, 1, "SAME") + p
             x4 = knn.avg_pool(p, 3, 1, "SAME") + knn.avg_pool(p, 3, 1, "SAME")
             x5 = separable_conv_block(h, filters, block_id=f"normal_left5_{block_id}") + h
-            return jnp.concatenate([p, x1, x2, x3, x4, x5], axis=-1), ip
+            return self.tap(jnp.concatenate([p, x1, x2, x3, x4, x5], axis=-1)), ip
 
         def reduction_cell(ip, p, filters, block_id):
             p = adjust_block(p, ip, filters, block_id)
@@ -98,14 +98,14 @@ class NASNet(knn.Application):
             x4 = knn.avg_pool(x1, 3, 1, "SAME") + x2
             x5 = (separable_conv_block(x1, filters, 3, block_id=f"reduction_left4_{block_id}")
                   + knn.max_pool(h3, 3, 2))
-            return jnp.concatenate([x2, x3, x4, x5], axis=-1), ip
+            return self.tap(jnp.concatenate([x2, x3, x4, x5], axis=-1)), ip
 
         filters = self.penultimate_filters // 24
         multiplier, blocks = self.filter_multiplier, self.num_blocks
         x = self.inputs(x)
         x = knn.conv(x, self.stem_block_filters, 3, strides=2, use_bias=False, name="stem_conv1",
                      **kw)
-        x = bn(x, name="stem_bn1")
+        x = self.tap(bn(x, name="stem_bn1"))
         p = None
         x, p = reduction_cell(x, p, filters // multiplier**2, "stem_1")
         x, p = reduction_cell(x, p, filters // multiplier, "stem_2")

@@ -161,12 +161,15 @@ class RegNet(knn.Application):
             x = knn.rescaling(x, 1.0 / 255.0)  # PreStem
         x = knn.conv(x, STEM_WIDTH, 3, strides=2, padding="same", use_bias=False,
                      name=f"{self.model_name}_stem_conv", **kw)
-        x = nn.relu(batch_norm(x, name=f"{self.model_name}_stem_bn", train=train, **kw))
+        x = self.tap(nn.relu(batch_norm(x, name=f"{self.model_name}_stem_bn", train=train, **kw)))
         filters_in = STEM_WIDTH
         for s, (depth, width) in enumerate(zip(depths, widths)):
             x = Stage(block_type, depth, group_width, filters_in, width,
                       name=f"{self.model_name}_Stage_{s}", **kw)(x, train)
+            self.tap(x)
             filters_in = width
+        if self.features_only:
+            return self.features(x)
         # tf_keras' Head: pooling and a Dense(classes) with no activation (see the module doc)
         return knn.classifier_head(x, include_top=self.include_top, pooling=self.pooling,
                                    classes=self.classes, classifier_activation=None,

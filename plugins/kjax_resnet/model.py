@@ -54,7 +54,7 @@ class ResNet(knn.Application):
         x = knn.zero_pad(self.inputs(x), ((3, 3), (3, 3)))
         x = knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw)
         x = knn.batch_norm(x, name="conv1_bn", train=train, epsilon=EPSILON, **kw)
-        x = nn.relu(x)
+        x = self.tap(nn.relu(x))
         x = knn.zero_pad(x, ((1, 1), (1, 1)))
         x = knn.max_pool(x, 3, 2)
         for stack, (filters, blocks) in enumerate(zip((64, 128, 256, 512), self.stack_sizes)):
@@ -66,6 +66,7 @@ class ResNet(knn.Application):
                     name=f"conv{stack + 2}_block{block + 1}",
                     **kw,
                 )(x, train)
+                self.tap(x)
         return self.top(x)
 
 

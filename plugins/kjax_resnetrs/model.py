@@ -74,7 +74,7 @@ class Stem(knn.Block):
         for i, (filters, strides) in enumerate(((32, 2), (32, 1), (64, 1), (64, 2)), start=1):
             x = conv_fixed_padding(x, filters, 3, strides, name=f"stem_conv_{i}", **kw)
             x = batch_norm(x, name=f"stem_batch_norm_{i}", train=train, **kw)
-            x = nn.relu(x)
+            x = self.tap(nn.relu(x))
         return x
 
 
@@ -166,6 +166,7 @@ class ResNetRS(knn.Application):
                 name=f"BlockGroup{i + 2}_",
                 **kw,
             )(x, train)
+            self.tap(x)
         return self.top(x, dropout_rate=self.dropout_rate, train=train)
 
 

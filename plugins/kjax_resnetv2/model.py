@@ -59,7 +59,7 @@ class ResNetV2(knn.Application):
         kw = self.dtypes
         x = self.inputs(x)
         x = knn.zero_pad(x, ((3, 3), (3, 3)))
-        x = knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw)
+        x = self.tap(knn.conv(x, 64, 7, strides=2, name="conv1_conv", **kw))
         x = knn.zero_pad(x, ((1, 1), (1, 1)))  # zeros, not -inf: x is not yet through a relu
         x = knn.max_pool(x, 3, 2)
         stacks = zip((64, 128, 256, 512), self.stack_sizes, (2, 2, 2, 1))
@@ -72,6 +72,7 @@ class ResNetV2(knn.Application):
                     name=f"conv{stack + 2}_block{block}",
                     **kw,
                 )(x, train)
+                self.tap(x)  # a stack's second-last block output: its last block strides
         x = knn.batch_norm(x, name="post_bn", train=train, epsilon=EPSILON, **kw)
         x = nn.relu(x)
         return self.top(x)

@@ -30,7 +30,7 @@ class VGG(knn.Application):
                 x = knn.conv(x, filters, 3, padding="same", name=f"block{block}_conv{i}",
                              **self.dtypes)
                 x = nn.relu(x)
-            x = knn.max_pool(x, 2, 2)  # 'valid': an odd size drops its last row/column
+            x = knn.max_pool(self.tap(x), 2, 2)  # 'valid': an odd size drops its last row/column
         return self.flatten_top(x)
 
 

@@ -41,13 +41,13 @@ class Xception(knn.Application):
                 x = nn.relu(x)
             x = nn.relu(sepconv(x, filters[0], f"{block}_sepconv1"))
             x = sepconv(x, filters[1], f"{block}_sepconv2")
-            return knn.max_pool(x, 3, 2, "SAME") + residual
+            return self.tap(knn.max_pool(x, 3, 2, "SAME") + residual)
 
         x = self.inputs(x)
         x = knn.conv(x, 32, 3, strides=2, use_bias=False, name="block1_conv1", **kw)
         x = nn.relu(bn(x, name="block1_conv1_bn"))
         x = knn.conv(x, 64, 3, use_bias=False, name="block1_conv2", **kw)
-        x = nn.relu(bn(x, name="block1_conv2_bn"))
+        x = self.tap(nn.relu(bn(x, name="block1_conv2_bn")))
 
         x = downsampling_block(x, "block2", (128, 128), relu_first=False)
         x = downsampling_block(x, "block3", (256, 256))
@@ -56,7 +56,7 @@ class Xception(knn.Application):
             residual = x
             for j in (1, 2, 3):
                 x = sepconv(nn.relu(x), 728, f"block{i}_sepconv{j}")
-            x = x + residual
+            x = self.tap(x + residual)
         x = downsampling_block(x, "block13", (728, 1024))
 
         x = nn.relu(sepconv(x, 1536, "block14_sepconv1"))
