@@ -28,7 +28,8 @@ __all__ = [
     "CorruptFileError", "InputError", "KjaxError", "LayerRule", "ModelSpec", "OptionError",
     "OutputError", "PluginError", "UnknownModelError", "WeightsError", "check_images", "create_model",
     "decode_predictions", "fold_batch_norm", "get_spec", "hookimpl", "list_models", "load",
-    "load_image", "predictor", "preprocess_input", "pretrained", "register_family", "save", "translate",
+    "load_image", "predictor", "preprocess_input", "pretrained", "register_family", "save", "to_nnx",
+    "translate",
 ]
 
 
@@ -91,11 +92,21 @@ def save(translation, path, **options: Any):
     return _save(translation, path, **options)
 
 
-def load(path):
-    """``(module, variables)`` from a directory written by ``kjax translate`` or :func:`save`."""
+def load(path, *, nnx: bool = False, rngs: Any = 0):
+    """``(module, variables)`` from a directory written by ``kjax translate`` or :func:`save`;
+    with ``nnx=True`` one Flax NNX module holding them (see :func:`to_nnx`)."""
     from .storage.output import load as _load
 
-    return _load(path)
+    return _load(path, nnx=nnx, rngs=rngs)
+
+
+def to_nnx(module, variables, **options: Any):
+    """A Linen module and its variables as one Flax NNX module, through ``flax.nnx.bridge.ToNNX``:
+    ``model(images)``, ``model(images, train=True)`` updating its batch statistics; ``rngs=``
+    seeds dropout (see :func:`kjax_core.nnx.to_nnx`)."""
+    from .nnx import to_nnx as _to_nnx
+
+    return _to_nnx(module, variables, **options)
 
 
 def predictor(module, variables, **options: Any):

@@ -351,9 +351,12 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike, *, nnx: bool = False, rngs: Any = 0):
     """``(module, variables)`` from an output directory, checked against its manifest and against
-    the module's own variable shapes. ``module.apply(variables, images)`` gives the Keras output."""
+    the module's own variable shapes. ``module.apply(variables, images)`` gives the Keras output.
+
+    With ``nnx=True``: one Flax NNX module holding the variables instead (see
+    :func:`kjax_core.nnx.to_nnx`; ``rngs`` are its dropout streams)."""
     import jax
     import jax.numpy as jnp
 
@@ -362,11 +365,12 @@ def load(path: str | os.PathLike):
     from ..conversion.flax_side import flax_target
     from ..conversion.translate import create_model
 
+    path = Path(path).expanduser()
     config = verify(path)
     if config.get("kjax_format") != FORMAT_VERSION:
         raise CorruptFileError(f"{path} has kjax format {config.get('kjax_format')}, expected {FORMAT_VERSION}")
     module = create_model(config["model"], weights=config.get("weights"), **config["options"])
-    stored = _read_variables(Path(path) / config["variables_file"], config["format"])
+    stored = _read_variables(path / config["variables_file"], config["format"])
     target = flax_target(module, config["input_shape"])
     expected = traverse_util.flatten_dict(target)
     got = traverse_util.flatten_dict(stored)
@@ -381,5 +385,9 @@ def load(path: str | os.PathLike):
             f"mis-shaped {shapes[:5]}"
         )
     variables = jax.tree_util.tree_map(jnp.asarray, stored)
+    if nnx:
+        from ..nnx import to_nnx
+
+        return to_nnx(module, variables, rngs=rngs, input_shape=config["input_shape"])
     return module, variables
 
