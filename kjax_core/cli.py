@@ -274,7 +274,8 @@ def translate(
     classifier_activation: str = Activation,
     input_shape: Optional[str] = InputShape,
     set_: Optional[list[str]] = SetOption,
-    fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization) or safetensors."),
+    fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization), safetensors, or "
+                            "orbax (an Orbax checkpoint folder)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
@@ -302,7 +303,7 @@ def translate(
         translation = _translate_choice(spec, options, shape, choice, progress)
         path = save(translation, output, fmt=fmt, force=force, progress=progress)
     leaves = sum(1 for _ in _leaves(translation.variables))
-    size = sum(f.stat().st_size for f in path.iterdir())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # an Orbax folder's files too
     reference = translation.reference
     if reference.weights is None:
         label = "none (random initial weights)"

@@ -2,15 +2,19 @@
 
 An output directory holds:
     config.json       model name, options, input shape, preprocessing, weights source, versions;
-    variables.msgpack the variable tree (flax.serialization), or variables.safetensors;
-    manifest.json     sha256 and size of each file, the sha256 of the source weights file and
-                      the package versions; checked by :func:`verify` and :func:`load`.
+    variables.msgpack the variable tree (flax.serialization), or variables.safetensors, or
+                      variables.orbax/, an Orbax PyTree checkpoint (a directory of files);
+    manifest.json     sha256 and size of each file (each file inside variables.orbax/ too), the
+                      sha256 of the source weights file and the package versions; checked by
+                      :func:`verify` and :func:`load`.
 
 Writing is atomic: everything goes into a temporary directory beside the destination, which is
 moved into place only when complete; an existing output is replaced only with ``force``, by an
 atomic exchange of the two directories, so a run killed at any moment (SIGKILL included) leaves the
 old output or the new one, never a partial one. Staging directories of killed runs are removed by
-the next save into the same folder.
+the next save into the same folder. An Orbax checkpoint is written inside the staging directory like
+the other formats: its atomicity at the destination is kjax's staging and rename, not Orbax's own
+finalize (which only renames Orbax's temporary folder within the staging directory).
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from ..errors import CorruptFileError, OutputError, WeightsError
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 MANIFEST = "manifest.json"
-VARIABLE_FILES = {"msgpack": "variables.msgpack", "safetensors": "variables.safetensors"}
+VARIABLE_FILES = {"msgpack": "variables.msgpack", "safetensors": "variables.safetensors",
+                  "orbax": "variables.orbax"}
+# Formats whose variables are a directory of files (each file is in the manifest, by its path).
+DIRECTORY_FORMATS = {"orbax"}
 CONFIG_KEYS = ("kjax_format", "model", "options", "input_shape", "format", "variables_file")
 
 
@@ -113,10 +120,30 @@ def _probe(folder: Path, out: Path) -> None:
     os.rmdir(probe)
 
 
+def _output_files(directory: Path, variables_file: str) -> list[str]:
+    """The names of an output's variable files relative to ``directory``: the file itself, or
+    every file inside a directory format's folder (``variables.orbax/d/...``)."""
+    root = directory / variables_file
+    if not root.is_dir():
+        return [variables_file]
+    return sorted(path.relative_to(directory).as_posix() for path in root.rglob("*") if path.is_file())
+
+
 def _write_variables(directory: Path, variables: dict[str, Any], fmt: str,
                      written: Callable[[], None] | None = None) -> str:
     filename = VARIABLE_FILES[fmt]
-    if fmt == "msgpack":
+    if fmt == "orbax":
+        import jax
+        import numpy as np
+        import orbax.checkpoint as ocp
+
+        # Host arrays: no device sharding is recorded, so any machine restores the checkpoint.
+        host = jax.tree_util.tree_map(np.asarray, variables)
+        with ocp.PyTreeCheckpointer() as checkpointer:  # synchronous: complete when save returns
+            checkpointer.save(directory / filename, host)
+        for _ in jax.tree_util.tree_leaves(host) if written else ():
+            written()
+    elif fmt == "msgpack":
         from .msgpack_stream import write_msgpack
 
         # Flax's msgpack bytes, written one array at a time (msgpack_serialize holds the whole
@@ -138,6 +165,15 @@ def _write_variables(directory: Path, variables: dict[str, Any], fmt: str,
 
 def _read_variables(path: Path, fmt: str) -> dict[str, Any]:
     try:
+        if fmt == "orbax":
+            import orbax.checkpoint as ocp
+
+            try:
+                with ocp.PyTreeCheckpointer() as checkpointer:
+                    return checkpointer.restore(path.absolute())  # numpy arrays, as they were saved
+            except Exception:
+                _quiet_reads_left_in_flight()
+                raise
         if fmt == "msgpack":
             from flax import serialization
 
@@ -147,7 +183,28 @@ def _read_variables(path: Path, fmt: str) -> dict[str, Any]:
 
         return traverse_util.unflatten_dict(load_file(str(path)), sep="/")
     except Exception as error:
-        raise CorruptFileError(f"cannot read {path}: {error}") from None
+        # Orbax and tensorstore errors run over many lines: the first says what failed.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CorruptFileError(f"cannot read {path}: {reason}") from None
+
+
+def _quiet_reads_left_in_flight() -> None:
+    """After a failed Orbax restore, the reads still in flight finish later, on the event loop
+    Orbax has closed, and tensorstore reports each as an unraisable RuntimeError: tracebacks on
+    stderr, from other threads, after the one-line error. Drop exactly those; anything else
+    still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "kjax_orbax_filter", False):
+        return
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        if not (unraisable.object is None and isinstance(error, RuntimeError)
+                and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.kjax_orbax_filter = True
+    sys.unraisablehook = hook
 
 
 def save(
@@ -200,10 +257,11 @@ def save(
         variables_file = _write_variables(staging, translation.variables, fmt, written)
         config["variables_file"] = variables_file
         (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        files = [CONFIG, *_output_files(staging, variables_file)]
         manifest = {
             "files": {
                 name: {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
-                for name in (CONFIG, variables_file)
+                for name in files
             },
             "versions": config["versions"],
             "source_weights": (
@@ -211,7 +269,7 @@ def save(
             ),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for name in (CONFIG, variables_file, MANIFEST):
+        for name in (*files, MANIFEST):
             os.chmod(staging / name, 0o666 & ~umask)
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -331,10 +389,26 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     shape = config["input_shape"]
     if not (isinstance(config["model"], str) and isinstance(config["options"], dict)
             and isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)
-            and config["variables_file"] in VARIABLE_FILES.values()
+            and isinstance(config["format"], str)
+            and VARIABLE_FILES.get(config["format"]) == config["variables_file"]
             and (config.get("weights") is None or isinstance(config["weights"], str))):
         raise CorruptFileError(f"{path / CONFIG} is malformed; translate again")
-    if CONFIG not in listed or config["variables_file"] not in listed:
+    variables_file = config["variables_file"]
+    if config["format"] in DIRECTORY_FORMATS:
+        # Every file of the folder is listed, and nothing else is in it (an added file could
+        # change what the reader finds as much as a changed one).
+        folder = path / variables_file
+        inside = {name for name in listed if name.startswith(variables_file + "/")}
+        if not folder.is_dir():
+            raise CorruptFileError(f"{folder} is missing; translate the model again")
+        unlisted = sorted(set(_output_files(path, variables_file)) - inside)
+        if unlisted:
+            raise CorruptFileError(
+                f"{path / unlisted[0]} is not in {MANIFEST} (added or left over); translate again")
+        covered = CONFIG in listed and bool(inside)
+    else:
+        covered = CONFIG in listed and variables_file in listed
+    if not covered:
         raise CorruptFileError(f"{path / MANIFEST} does not cover the output's files; translate again")
     for name, (size, digest) in listed.items():
         file = path / name
