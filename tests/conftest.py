@@ -10,9 +10,17 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # than they save: level 0 compiles DenseNet201 in 3.3 s instead of 10.3 s. It changes code
 # generation only (no HLO pass, no reassociation: the same arithmetic); `nox -s full` runs with
 # XLA's defaults (KJAX_TEST_XLA_DEFAULTS=1).
+# JAX only: TensorFlow's own XLA (Keras' grouped convolutions on CPU: RegNet, ConvNeXt) runs the
+# reference's convolutions with it, where level 0 costs far more than it saves (RegNetX320's
+# contract: 63 s at level 0, 24 s at the defaults). Each library parses XLA_FLAGS once, at its first
+# compilation: JAX compiles once here with the flag, and TensorFlow later finds it gone.
 if not os.environ.get("KJAX_TEST_XLA_DEFAULTS"):
-    os.environ["XLA_FLAGS"] = " ".join(
-        filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]))
+    _flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [_flags, "--xla_backend_optimization_level=0"]))
+    import jax  # noqa: E402
+
+    jax.jit(lambda x: x + 1)(0.0).block_until_ready()
+    os.environ["XLA_FLAGS"] = _flags
 
 
 import gc  # noqa: E402
