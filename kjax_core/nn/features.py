@@ -4,7 +4,7 @@
 the output of the last Keras layer at that resolution, in Keras model order, that the whole model
 passes through (the last layer of a chain; in a branching block, the block's output, not a layer of
 one branch). NASNet's cells each read the two cells before them, so its graph has no such layer
-at strides 4 to 16; there ``P<k>`` is the last cell's output (its last Concatenate or Add).
+at strides 4 to 16; there ``P<k>`` is the last cell's output (the deepest Concatenate or Add).
 :func:`kjax_core.parity.keras_feature_layers` finds these layers in a Keras model; the tests hold
 each family's Flax twin to them.
 
