@@ -12,12 +12,13 @@ through their rules -> matched to the Flax twin's modules -> the strict assembly
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..plugin_system.registry import get_spec, registry
-from ..plugin_system.types import ModelSpec, Path, Tree
-from ..errors import PluginError
+from ..plugin_system.types import KJAX_OPTIONS, ModelSpec, Path, Tree
+from ..errors import OptionError, PluginError
 from .assembly import assemble
 from .flax_side import flax_modules, trace_flax
 from .keras_layers import convert_keras_layers, iter_keras_layers
@@ -59,7 +60,17 @@ def _module(
         extra["dtype"] = dtype
     if param_dtype is not None:
         extra["param_dtype"] = param_dtype
-    return spec.load(spec.flax_module)(**options, **extra)
+    factory = spec.load(spec.flax_module)
+    options = dict(options)
+    # kjax's own options reach a module only when asked for: a third-party module need not know
+    # them, and one that does not is refused by name.
+    for key, default in KJAX_OPTIONS.items():
+        if options.get(key, default) == default:
+            options.pop(key, None)
+        elif key not in inspect.signature(factory).parameters:
+            raise OptionError(f"{spec.name} does not offer {key} (its Flax module "
+                              f"{spec.flax_module} has no such field)")
+    return factory(**options, **extra)
 
 
 @dataclass

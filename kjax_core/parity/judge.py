@@ -173,11 +173,8 @@ def compare(
 
     x32 = np.asarray(apply_mode(translation.spec.preprocessing, images), np.float32)
     x64 = x32.astype(np.float64)
-    keras64 = keras_float64(translation, keras_model)
-    features = bool(translation.options.get("features_only"))
-    if features:  # the feature pyramid: Keras' layers found from its graph alone
-        keras64, keras_model = keras_features(keras64), keras_features(keras_model)
-    expected = _numpy(keras64(x64, training=False))
+    # kjax's float64 copy of the variables is dropped before Keras' float64 twin is built or
+    # filled: the two are never held at once (convnextxlarge: 2.8 GB each).
     with jax.enable_x64(True):
         apply64 = jax.jit(float64_module(translation.module).apply)
         # One float64 copy of the variables, on the device, made leaf by leaf; the broken
@@ -188,6 +185,11 @@ def compare(
         what, broken = break_translation(variables64)
         broken_out = _numpy(apply64(broken, x64))
         del variables64, broken
+    keras64 = keras_float64(translation, keras_model)
+    features = bool(translation.options.get("features_only"))
+    if features:  # the feature pyramid: Keras' layers found from its graph alone
+        keras64, keras_model = keras_features(keras64), keras_features(keras_model)
+    expected = _numpy(keras64(x64, training=False))
     if features and set(actual) != set(expected):
         raise AssertionError(f"kjax gives the feature levels {sorted(actual)}, Keras' graph "
                              f"{sorted(expected)}")
