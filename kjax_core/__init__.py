@@ -28,7 +28,7 @@ __all__ = [
     "CorruptFileError", "InputError", "KjaxError", "LayerRule", "ModelSpec", "OptionError",
     "OutputError", "PluginError", "UnknownModelError", "WeightsError", "check_images", "create_model",
     "decode_predictions", "fold_batch_norm", "get_spec", "hookimpl", "list_models", "load",
-    "load_image", "predictor", "preprocess_input", "pretrained", "register_family", "save", "to_nnx",
+    "load_image", "new_top", "predictor", "preprocess_input", "pretrained", "register_family", "save", "to_nnx",
     "translate",
 ]
 
@@ -90,6 +90,14 @@ def save(translation, path, **options: Any):
     from .storage.output import save as _save
 
     return _save(translation, path, **options)
+
+
+def new_top(translation, classes: int, **options: Any):
+    """A translation without top given a new top for ``classes`` classes, initialised as Keras
+    does (see :func:`kjax_core.conversion.translate.new_top`): the start of fine-tuning."""
+    from .conversion.translate import new_top as _new_top
+
+    return _new_top(translation, classes, **options)
 
 
 def load(path, *, nnx: bool = False, rngs: Any = 0):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .conversion.keras_model import WeightsChoice, resolve_weights
-from .conversion.options import check_input_shape, check_options
+from .conversion.options import check_drop_top, check_input_shape, check_options
 from .errors import CorruptFileError, OutputError, WeightsError
 from .plugin_system.registry import get_spec
 from .plugin_system.types import ModelSpec
@@ -64,27 +64,32 @@ def prepare(
 
 def translate_weights(
     name: str, weights: Any = "imagenet", *, input_shape: Any = None,
-    progress: Progress | None = None, keras_model: Any = None, **options: Any,
+    progress: Progress | None = None, keras_model: Any = None, drop_top: bool = False,
+    **options: Any,
 ):
     """:func:`kjax_core.conversion.translate.translate` for any ``weights`` argument: None or
     ``"none"``, a named set, a file path, or ``"SET=PATH"`` (the file holding the set SET: built
     and loaded as Keras does for SET). A plain file given to a model whose graph depends on the
     set is recognised by Keras' published hash (:func:`recognise_weights_file`)."""
     spec, checked, shape, choice = prepare(name, weights, options, input_shape)
-    return _translate_choice(spec, checked, shape, choice, progress, keras_model)
+    if drop_top:
+        check_drop_top(checked, choice.argument is not None or keras_model is not None)
+    return _translate_choice(spec, checked, shape, choice, progress, keras_model, drop_top)
 
 
-def _translate_choice(spec, options, shape, choice, progress=None, keras_model=None):
+def _translate_choice(spec, options, shape, choice, progress=None, keras_model=None,
+                      drop_top=False):
     from .conversion.keras_model import recognise_weights_file, weights_served
     from .conversion.translate import translate
 
     if keras_model is None:
         if progress:
             progress("build", 0, None)
-        choice = recognise_weights_file(spec, options, choice, shape)
+        built_with = check_drop_top(options, True) if drop_top else options
+        choice = recognise_weights_file(spec, built_with, choice, shape)
     with weights_served(choice):
         return translate(spec.name, choice.argument, input_shape=shape, progress=progress,
-                         keras_model=keras_model, **options)
+                         keras_model=keras_model, drop_top=drop_top, **options)
 
 
 # ---------------------------------------------------------------------------------- the cache

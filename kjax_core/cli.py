@@ -277,9 +277,14 @@ def translate(
     fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization), safetensors, or "
                             "orbax (an Orbax checkpoint folder)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    drop_top: bool = typer.Option(
+        False, "--drop-top", help="With --no-include-top: the weights are a model's with top "
+        "(a with-top file, or imagenet taken with top); leave its top layers out, named in the "
+        "output (e.g. a backbone for a new head)."),
 ) -> None:
     """Translate a model's Keras weights into a Flax variable tree in OUTPUT."""
     from .conversion.keras_model import resolve_weights
+    from .conversion.options import check_drop_top
     from .storage.output import VARIABLE_FILES, check_destination
 
     # Everything that can be checked without Keras is checked first (each within a second).
@@ -287,6 +292,12 @@ def translate(
         model, include_top, pooling, classes, classifier_activation, set_, input_shape
     )
     choice = resolve_weights(spec, weights)
+    if drop_top:
+        try:
+            check_drop_top(options, choice.argument is not None)
+        except OptionError as error:
+            raise OptionError(str(error).replace("include_top=False", "--no-include-top")
+                              .replace("pass the weights", "pass --weights")) from None
     if fmt not in VARIABLE_FILES:
         raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
     check_destination(output, force)
@@ -300,7 +311,7 @@ def translate(
     import_keras_quietly(translation_backend(spec))
 
     with _progress() as progress:
-        translation = _translate_choice(spec, options, shape, choice, progress)
+        translation = _translate_choice(spec, options, shape, choice, progress, drop_top=drop_top)
         path = save(translation, output, fmt=fmt, force=force, progress=progress)
     leaves = sum(1 for _ in _leaves(translation.variables))
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # an Orbax folder's files too
@@ -312,6 +323,9 @@ def translate(
     else:
         label = reference.weights
     out.print(f"{path}  {spec.name}  {leaves} arrays  {size / 1e6:.1f} MB  weights={label}")
+    for name, shapes in translation.dropped.items():
+        described = ", ".join(f"{k.split('/')[-1]} {'x'.join(map(str, v))}" for k, v in shapes.items())
+        err.print(f"dropped (--drop-top): {name} ({described})")
     shown = _shell_word(str(path))
     step = f"kjax predict {shown} IMAGE, or " if _classifier_problem(options) is None else ""
     err.print(f"next: {step}kjax_core.load({str(path)!r}) in Python")

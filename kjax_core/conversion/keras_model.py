@@ -572,8 +572,10 @@ def _check_every_array_used(path: str, model: Any, spec: ModelSpec) -> None:
         shown = ", ".join(f"{name} {list(shape)}" for name, shape in list(unused.items())[:3])
         message = (f"{path} holds {len(arrays)} weight arrays but {spec.name} with these options "
                    f"uses {len(wanted)}; unused: {shown}; check the options the file was saved with")
-        raise WeightsError(f"{message} (include_top, classes, family options)",
-                           cli=f"{message} (--include-top, --classes, --set)")
+        raise WeightsError(f"{message} (include_top, classes, family options), or drop_top=True "
+                           f"to leave out a with-top file's top",
+                           cli=f"{message} (--include-top, --classes, --set), or --drop-top to "
+                           f"leave out a with-top file's top")
 
 
 def _keras_reason(error: BaseException) -> str:

@@ -9,6 +9,9 @@ from ..errors import OptionError
 from ..plugin_system.types import ModelSpec
 
 POOLING = (None, "avg", "max")
+# kjax_core.nn.TRAINING_MODES, repeated here so that checking options imports no JAX (a test keeps
+# them equal).
+TRAINING_MODES = ("all", "batch_norm", "dropout")
 # Activations the Flax classifier head implements (kjax_core.nn.ACTIVATIONS; a test keeps them equal).
 CLASSIFIER_ACTIVATIONS = (
     None, "linear", "softmax", "sigmoid", "relu", "relu6", "swish", "silu", "tanh", "gelu",
@@ -64,6 +67,10 @@ def check_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, Any]:
         )
     if not isinstance(result["classes"], int) or result["classes"] < 1:
         raise OptionError(f"classes must be a positive integer; got {result['classes']!r}")
+    if result["training"] not in TRAINING_MODES:
+        raise OptionError(f"training must be one of {', '.join(TRAINING_MODES)} (what train=True "
+                          f"trains: everything, BatchNorm only, dropout only); got "
+                          f"{result['training']!r}")
     if result["features_only"] and (result["include_top"] or result["pooling"] is not None):
         raise OptionError("features_only=True returns the feature maps of the model without top: "
                           "it needs include_top=False and pooling=None")
@@ -87,3 +94,15 @@ def check_input_shape(spec: ModelSpec, shape: Any) -> tuple[int, int, int]:
             f"got {height}x{width}"
         )
     return shape
+
+
+def check_drop_top(options: dict[str, Any], has_weights: bool) -> dict[str, Any]:
+    """The options Keras builds the weights' model with when ``drop_top`` leaves its top out
+    (see :func:`kjax_core.conversion.translate.translate`): the same, with top."""
+    if options["include_top"]:
+        raise OptionError("drop_top leaves out the top of the weights' model: it needs "
+                          "include_top=False (the model you get)")
+    if not has_weights:
+        raise OptionError("drop_top leaves out the top of a weights file's model: pass the "
+                          "weights (a file with top, or imagenet)")
+    return {**options, "include_top": True, "pooling": None, "features_only": False}

@@ -26,8 +26,9 @@ from .convolution import conv
 from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
-    ACTIVATIONS, Conv, ConvModule, Dense, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation,
-    avg_pool, correct_pad, gelu, hard_sigmoid, hard_swish, kernel_and_bias, max_pool, zero_pad,
+    ACTIVATIONS, TRAINING_MODES, Conv, ConvModule, Dense, Dropout, Dtype, Pad, PointwiseConv, ShapeCheckedParams, activation,
+    avg_pool, correct_pad, enclosing_application, gelu, hard_sigmoid, hard_swish, kernel_and_bias,
+    max_pool, trains, zero_pad,
 )
 from .normalization import (
     BatchNorm, LayerNorm, Normalization, TFKerasBatchNorm, batch_moments, batch_norm,
@@ -48,4 +49,5 @@ __all__ = [
 __all__ += [
     "GroupedConv", "conv_classifier_head", "flatten_classifier_head", "global_pool",
     "grouped_conv", "layer_norm_classifier_head",
+    "Dropout", "TRAINING_MODES", "enclosing_application", "trains",
 ]

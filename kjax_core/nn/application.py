@@ -17,7 +17,7 @@ normalises as well.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax
 import jax
@@ -27,7 +27,7 @@ from flax import linen as nn
 from ..images import check_images
 from .convolution import conv
 from .features import feature_pyramid
-from .layers import Dense, activation
+from .layers import TRAINING_MODES, Dense, Dropout, activation, enclosing_application
 from .normalization import LayerNorm
 
 Dtype = Any
@@ -68,7 +68,7 @@ def classifier_head(
     if include_top:
         x = jnp.mean(x, axis=(1, 2))
         if dropout_rate > 0:
-            x = nn.Dropout(dropout_rate, deterministic=not train, name="top_dropout")(x)
+            x = Dropout(dropout_rate, deterministic=not train, name="top_dropout")(x)
         x = Dense(classes, dtype=dtype, param_dtype=param_dtype, name=name)(x)
         return activation(classifier_activation)(x)
     return global_pool(x, pooling)
@@ -105,7 +105,7 @@ def conv_classifier_head(
         x = conv(x, hidden_features, 1, name=hidden_name, **kw)
         x = _activation(hidden_activation)(x)
     if dropout_rate > 0:
-        x = nn.Dropout(dropout_rate, deterministic=not train, name="dropout")(x)
+        x = Dropout(dropout_rate, deterministic=not train, name="dropout")(x)
     x = conv(x, classes, 1, name=logits_name, **kw)
     x = x.reshape(x.shape[0], classes)
     return activation(classifier_activation)(x)
@@ -187,10 +187,8 @@ class Block(nn.Module, kw_only=True):
         and return it unchanged: kept by the model being applied when it was built with
         ``features_only=True``, ignored otherwise. A family taps the point after which Keras'
         model leaves that resolution (a later tap at the same resolution replaces it)."""
-        root: Any = self
-        while isinstance(root, nn.Module) and not isinstance(root, Application):
-            root = root.parent
-        if isinstance(root, Application) and root.features_only:
+        root = enclosing_application(self)
+        if root is not None and root.features_only:
             root._feature_taps.append(x)
         return x
 
@@ -207,6 +205,10 @@ class Application(Block, kw_only=True):
     # Return the feature pyramid {"P1": ..., "P5": ...} instead of the top (include_top=False,
     # pooling=None): see kjax_core.nn.features.
     features_only: bool = False
+    # What train=True trains (kjax_core.nn.TRAINING_MODES): "all"; "batch_norm" (no dropout);
+    # "dropout" (BatchNorm in inference mode: Keras' frozen backbone, base.trainable = False).
+    training: str = "all"
+    is_kjax_application: ClassVar[bool] = True
 
     def inputs(self, x: jax.Array) -> jax.Array:
         """The images in the compute dtype: ``dtype``; without one, as any Flax layer would
@@ -217,6 +219,9 @@ class Application(Block, kw_only=True):
         shape = jnp.shape(x)
         if len(shape) != 4 or (shape[1] == 3 and shape[-1] != 3):
             check_images(x, (None, None, 3), type(self).__name__)
+        if self.training not in TRAINING_MODES:
+            raise ValueError(f"training must be one of {', '.join(TRAINING_MODES)}; got "
+                             f"{self.training!r}")
         if self.features_only:
             if self.include_top or self.pooling is not None:
                 raise ValueError("features_only=True returns the feature maps: it needs "

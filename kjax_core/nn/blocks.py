@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from .application import Block
 from .convolution import conv
-from .layers import ShapeCheckedParams, activation, correct_pad, zero_pad
+from .layers import Dropout, ShapeCheckedParams, activation, correct_pad, zero_pad
 
 Dtype = Any
 
@@ -64,10 +64,11 @@ def drop_connect(x: jax.Array, rate: float, *, train: bool, name: str) -> jax.Ar
     ``"dropout"`` rng, as any Flax dropout. (ResNet-RS and EfficientNetV2 pass a *survival*
     probability as Keras' rate; their twins pass the same number here.)
 
-    A ``flax.linen.Dropout`` named ``name`` (no variables; the name places its rng stream)."""
+    A :class:`kjax_core.nn.Dropout` named ``name`` (no variables; the name places its rng
+    stream), so the model's ``training`` option can leave it out of training."""
     if rate == 0 or not train:
         return x
-    return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False,
+    return Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False,
                       name=name)(x)
 
 

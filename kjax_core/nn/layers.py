@@ -18,6 +18,44 @@ Dtype = Any
 Pad = tuple[tuple[int, int], tuple[int, int]]
 
 
+# The parts of a model that ``train=True`` puts in training mode, by the model's ``training``
+# option (kjax_core.nn.Application): both, BatchNorm only (deterministic training: no dropout), or
+# dropout only (BatchNorm keeps and uses its moving statistics, as Keras' BatchNormalization does
+# with ``trainable=False``: a frozen backbone).
+TRAINING_MODES = ("all", "batch_norm", "dropout")
+
+
+def enclosing_application(module: Any) -> Any:
+    """The nearest module above ``module`` (or itself) that is a kjax model
+    (:class:`kjax_core.nn.Application`), or None: the model whose options govern a layer, also
+    when the model is a submodule of a user's own module."""
+    while isinstance(module, nn.Module):
+        if getattr(module, "is_kjax_application", False):
+            return module
+        module = module.parent
+    return None
+
+
+def trains(module: Any, part: str) -> bool:
+    """Whether ``part`` ("batch_norm" or "dropout") follows ``train=True`` in the model that
+    ``module`` belongs to (its ``training`` option; outside a kjax model, always)."""
+    application = enclosing_application(module)
+    mode = getattr(application, "training", "all") if application is not None else "all"
+    return mode in ("all", part)
+
+
+class Dropout(nn.Dropout):
+    """``flax.linen.Dropout``, kept off where the model's ``training`` option leaves dropout out
+    of training (:data:`TRAINING_MODES`); otherwise Flax's, rng stream and mask included."""
+
+    def __call__(self, inputs: jax.Array, deterministic: bool | None = None,
+                 rng: jax.Array | None = None) -> jax.Array:
+        off = deterministic if self.deterministic is None else self.deterministic
+        if off or not trains(self, "dropout"):
+            return inputs
+        return super().__call__(inputs, deterministic, rng=rng)
+
+
 def hard_sigmoid(x: jax.Array) -> jax.Array:
     """Keras 3's ``hard_sigmoid``: ``relu6(x + 3) / 6`` (tf_keras' was ``clip(0.2 x + 0.5)``).
     MobileNetV3 writes its own in the graph, ``relu6(x + 3) * (1 / 6)``: one rounding apart."""

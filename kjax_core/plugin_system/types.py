@@ -35,8 +35,9 @@ COMMON_OPTIONS: Mapping[str, Any] = {
 
 # Options of every Flax twin that its Keras constructor does not take (the translator builds the
 # Keras model without them): features_only returns the feature pyramid (kjax_core.nn.features),
-# from the weights of the model without top.
-KJAX_OPTIONS: Mapping[str, Any] = {"features_only": False}
+# from the weights of the model without top; training says what train=True trains ("all",
+# "batch_norm" or "dropout": kjax_core.nn.TRAINING_MODES). Neither changes the variables.
+KJAX_OPTIONS: Mapping[str, Any] = {"features_only": False, "training": "all"}
 
 
 def resolve(ref: str) -> Any:

@@ -230,6 +230,11 @@ def save(
         "input_shape": list(translation.input_shape),
         "preprocessing": spec.preprocessing,
         "weights": reference.weights,
+        # What the variables are: translated from the weights, or (after fine-tuning) what
+        # Translation.with_variables said; the top layers drop_top left out of the weights.
+        "variables": translation.variables_note or "translated",
+        "dropped": {name: {k: list(v) for k, v in shapes.items()}
+                    for name, shapes in translation.dropped.items()},
         "format": fmt,
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
