@@ -65,3 +65,15 @@ def output_moves(apply, variables, x, expected, other, rng):
             lambda p, v: perturbed(np.asarray(v), rng) if p == path else v, variables)
         moved[jax.tree_util.keystr(path)] = relative_error(np.asarray(apply(changed, x)), expected)
     return moved
+
+
+def random_translation(name, input_shape=None, **options):
+    """``(translation, keras_model)``: a Keras model with random weights (no two alike) and its
+    translation, which the contract holds to Keras; a file the model writes must translate to
+    exactly these numbers (the imagenet path, tested without a float64 comparison of its own)."""
+    import kjax_core
+    from kjax_core.parity import randomize, reference_model
+
+    _, keras_model = reference_model(name, input_shape=input_shape, prepare=False, **options)
+    randomize(keras_model, seed=5)
+    return kjax_core.translate(name, None, keras_model=keras_model, **options), keras_model
