@@ -94,7 +94,11 @@ class Engine:
             keras_model = keras3_twin(spec)
         else:
             keras_model = spec.load(spec.keras_constructor)(weights=None)
-        size = tuple(int(d) for d in keras_model.inputs[0].shape[1:])
+        # Some Keras models take any image size (MobileNetV3 builds its input as (None, None, 3)
+        # when no input_shape is given): run them at the spec's default size, as
+        # kjax_core.translate does for the kjax engine.
+        size = tuple(int(d) if d is not None else s
+                     for d, s in zip(keras_model.inputs[0].shape[1:], spec.input_size))
         return keras_model, size, time.perf_counter() - start
 
     def first_call(self, name: str, step) -> dict:
