@@ -242,18 +242,35 @@ def compare_gradients(
     statistics_error, reference = None, "float64"
     if train and before:
         ours_stats = _flat(stats)
-        # tf_keras' float64 BatchNorm moves the variance toward the biased batch variance, its
-        # float32 fused kernel (what users run, and what kjax follows) toward the unbiased one.
-        target, limit = keras_stats, tolerance
+
+        def step_error(keys: list[str], target: dict) -> float:
+            return _global_error({k: ours_stats[k] - before[k] for k in keys},
+                                 {k: target[k] - before[k] for k in keys})
+
+        groups = [(list(before), keras_stats, tolerance, "float64")]
         if _is_tf_keras(keras_model):
-            target, limit, reference = keras_stats32, 1e-5, "Keras float32"
-        steps = {k: target[k] - before[k] for k in before}
-        statistics_error = _global_error({k: ours_stats[k] - before[k] for k in before}, steps)
-        if not any(np.any(step != 0) for step in steps.values()):
-            problems.append("Keras' training pass moved no BatchNorm statistics")
-        elif statistics_error > limit:
-            problems.append(f"the moving statistics stepped {statistics_error:.2e} off Keras' "
-                            f"({reference}, limit {limit:.0e})")
+            # tf_keras' float64 BatchNorm moves the variance toward the biased batch variance, its
+            # float32 fused kernel (what users run, and kjax follows) toward the unbiased one,
+            # n / (n - 1) times it: the means are judged in float64, the variances against the
+            # float32 kernel within 1e-4 (its rounding over a whole model measured 2.2e-5 on
+            # RegNetX002; the biased/unbiased confusion it tells apart is 1/n, above 5e-4 here).
+            # The means within 1e-7: tf_keras' float64 layer takes its decay 1 - momentum through
+            # a float32 tensor (0.1 -> 0.10000000149), 1.5e-8 of every step, measured.
+            means = [k for k in before if k.endswith("mean")]
+            groups = [(means, keras_stats, 1e-7, "float64"),
+                      ([k for k in before if k not in means], keras_stats32, 1e-4, "Keras float32")]
+            reference = "means float64, variances Keras float32"
+        errors = []
+        for keys, target, limit, against in groups:
+            if not any(np.any(target[k] != before[k]) for k in keys):
+                problems.append(f"Keras' training pass moved no BatchNorm statistics ({against})")
+                continue
+            error = step_error(keys, target)
+            errors.append(error)
+            if error > limit:
+                problems.append(f"the moving statistics stepped {error:.2e} off Keras' "
+                                f"({against}, limit {limit:.0e})")
+        statistics_error = max(errors, default=None)
     return GradientReport(
         model=translation.spec.name, train=train, leaves=len(expected), loss64=loss64,
         error64=error64, worst_leaf64=worst, error32=error32, keras_error32=keras_error32,
