@@ -19,7 +19,8 @@ statistics as the auxiliary output (batch statistics, moving averages updated), 
 Keras' backend is fixed per process, so each engine runs in its own worker process (this script
 with ``--worker ENGINE``, JSON lines as in benchmarks/worker.py). The driver asks the engines in
 turn for one timed step each, rotating who goes first, so that a disturbance of the machine falls
-on both alike. Compile time is the first call minus the median step (tracing, lowering, XLA).
+on both alike. Compile time is the first call minus the median step (tracing, lowering, XLA;
+each worker compiles a small gradient first, so that XLA's one-time start is in neither).
 After the timed steps each worker traces, lowers and compiles a fresh ``jax.jit`` of the same step
 once more, timing the two parts apart and counting the fusions XLA made (``--no-breakdown`` skips
 it).
@@ -33,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -183,6 +183,22 @@ class KerasJaxTrainer:
         return float(loss)
 
 
+def warm_up() -> None:
+    """Compile one small convolution's gradient, so that the first model's compile time does not
+    carry the process' one-time start of XLA's CPU compiler (Keras on JAX would already have paid
+    it drawing its initial weights, kjax not)."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss(w, x):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.mean(jax.nn.relu(y) ** 2)
+
+    w, x = jnp.ones((3, 3, 3, 8)), jnp.ones((2, 8, 8, 3))
+    jax.block_until_ready(jax.jit(jax.value_and_grad(loss))(w, x))
+
+
 def worker(engine: str) -> None:
     os.environ["KERAS_BACKEND"] = "jax"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -191,6 +207,7 @@ def worker(engine: str) -> None:
     sys.stdout = sys.stderr
     import traceback
 
+    warm_up()
     trainer = None
     for line in sys.stdin:
         request = json.loads(line)
@@ -233,7 +250,13 @@ def worker(engine: str) -> None:
 
 # ---------------------------------------------------------------------------------------- driver
 
-class Worker:
+sys.path.insert(0, str(HERE))
+from run import Worker as _Worker, load_average, machine  # noqa: E402  (benchmarks/run.py)
+
+
+class Worker(_Worker):
+    """run.py's worker process and protocol, running this script's ``--worker ENGINE``."""
+
     def __init__(self, engine: str, log) -> None:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         env.pop("KERAS_BACKEND", None)
@@ -243,35 +266,6 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             cwd=HERE.parent)
 
-    def ask(self, op: str, **kwargs) -> dict:
-        self.process.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.engine} died (see the log)")
-        return json.loads(line)
-
-    def close(self) -> None:
-        try:
-            self.ask("quit")
-        except (RuntimeError, BrokenPipeError, ValueError):
-            pass
-        self.process.wait(timeout=30)
-
-
-def _load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
 
 def run(args) -> dict:
     out = Path(args.out)
@@ -280,7 +274,7 @@ def run(args) -> dict:
     workers = {engine: Worker(engine, log) for engine in ENGINES}
     result = {
         "tag": args.tag, "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "load_before": _load_average(),
+        "machine": machine(), "load_before": load_average(),
         "size": args.size, "batch": args.batch, "reps": args.reps, "learning_rate": LEARNING_RATE,
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": [], "skipped": [],
     }
@@ -330,12 +324,12 @@ def run(args) -> dict:
                        ("lower_s", "xla_s", "fusions", "entry_instructions")},
                 })
             line = ", ".join(f"{e} {statistics.median(times[e]) * 1e3:.1f} ms" for e in engines)
-            print(f"{model}: {line}  (load {_load_average()})", flush=True)
+            print(f"{model}: {line}  (load {load_average()})", flush=True)
     finally:
         for worker in workers.values():
             worker.close()
         log.close()
-    result["load_after"] = _load_average()
+    result["load_after"] = load_average()
     by_key = {(r["model"], r["engine"]): r for r in result["rows"]}
     for row in result["rows"]:
         peer = by_key.get((row["model"], "keras-jax"))
@@ -353,7 +347,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"## Training step `{result['tag']}` ({result['date']})",
         "",
-        f"{result['cpu']}, {result['cores']} cores; load average before {result['load_before']}, "
+        f"{result['machine']['cpu']}, {result['machine']['affinity']} cores; load average before {result['load_before']}, "
         f"after {result['load_after']}. Input {result['size']}x{result['size']}x3, batch "
         f"{result['batch']}, {result['reps']} interleaved steps per engine; optax.sgd("
         f"{result['learning_rate']}). Versions: "
