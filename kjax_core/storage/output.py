@@ -232,9 +232,10 @@ def save(
         "weights": reference.weights,
         # What the variables are: translated from the weights, or (after fine-tuning) what
         # Translation.with_variables said; the top layers drop_top left out of the weights.
-        "variables": translation.variables_note or "translated",
+        # (getattr: a translation-like object of a caller, as the tests build, may lack both)
+        "variables": getattr(translation, "variables_note", None) or "translated",
         "dropped": {name: {k: list(v) for k, v in shapes.items()}
-                    for name, shapes in translation.dropped.items()},
+                    for name, shapes in getattr(translation, "dropped", {}).items()},
         "format": fmt,
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
