@@ -65,7 +65,23 @@ def _leaves_changed(before, after) -> bool:
                zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)))
 
 
-class KjaxTrainer:
+class _Trainer:
+    """One engine's compiled train step over its state ``(trainable, statistics, optimiser...)``,
+    set by the subclass with ``jitted``, ``state``, ``x`` and ``y``."""
+
+    def stats(self):
+        return self.state[1]
+
+    def __call__(self) -> float:
+        *state, loss = self.jitted(*self.state, self.x, self.y)
+        self.state = tuple(state)
+        import jax
+
+        jax.block_until_ready(self.state)
+        return float(loss)
+
+
+class KjaxTrainer(_Trainer):
     def __init__(self, model: str, size: int, batch: int) -> None:
         import jax
         import optax
@@ -105,16 +121,6 @@ class KjaxTrainer:
         self.stats0 = jax.tree_util.tree_map(lambda a: jax.numpy.array(a, copy=True), self.state[1])
         self.parameters = sum(a.size for a in jax.tree_util.tree_leaves(params))
 
-    def stats(self):
-        return self.state[1]
-
-    def __call__(self) -> float:
-        *state, loss = self.jitted(*self.state, self.x, self.y)
-        self.state = tuple(state)
-        import jax
-
-        jax.block_until_ready(self.state)
-        return float(loss)
 
 
 def breakdown(trainer) -> dict:
@@ -135,7 +141,7 @@ def breakdown(trainer) -> dict:
             "fusions": entry.count(" fusion("), "entry_instructions": entry.count("\n  ")}
 
 
-class KerasJaxTrainer:
+class KerasJaxTrainer(_Trainer):
     def __init__(self, model: str, size: int, batch: int) -> None:
         import jax
         import optax
@@ -171,16 +177,6 @@ class KerasJaxTrainer:
         self.stats0 = [jax.numpy.array(a, copy=True) for a in non_trainable]
         self.parameters = sum(int(a.size) for a in trainable)
 
-    def stats(self):
-        return self.state[1]
-
-    def __call__(self) -> float:
-        *state, loss = self.jitted(*self.state, self.x, self.y)
-        self.state = tuple(state)
-        import jax
-
-        jax.block_until_ready(self.state)
-        return float(loss)
 
 
 def warm_up() -> None:

@@ -17,7 +17,6 @@ from kjax_core.parity.gradients import (
 from kjax_core.parity.reference import float64_module, float64_variables, keras_float64
 from kjax_core.preprocessing import apply_mode
 
-from helpers import show
 
 # The smallest model of each family (a test keeps it one per family); options give each the
 # layers its family can have (MobileNet at alpha 0.25: the conv head with dropout).
