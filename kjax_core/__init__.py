@@ -16,20 +16,21 @@ from .errors import (
     OutputError,
     PluginError,
     UnknownModelError,
+    UnsupportedModelError,
     WeightsError,
 )
 from .plugin_system.hookspecs import hookimpl
 from .plugin_system.registry import get_spec, list_models
-from .plugin_system.types import LayerRule, ModelSpec, register_family
+from .plugin_system.types import LayerOp, LayerRule, ModelSpec, register_family
 from .version import __version__
 
 
 __all__ = [
-    "CorruptFileError", "InputError", "KjaxError", "LayerRule", "ModelSpec", "OptionError",
+    "CorruptFileError", "InputError", "KjaxError", "LayerOp", "LayerRule", "ModelSpec", "OptionError",
     "OutputError", "PluginError", "UnknownModelError", "WeightsError", "check_images", "create_model",
     "decode_predictions", "fold_batch_norm", "get_spec", "hookimpl", "list_models", "load",
     "load_image", "new_top", "predictor", "preprocess_input", "pretrained", "register_family", "save", "to_nnx",
-    "translate",
+    "translate", "UnsupportedModelError", "convert", "convert_keras_model",
 ]
 
 
@@ -90,6 +91,22 @@ def save(translation, path, **options: Any):
     from .storage.output import save as _save
 
     return _save(translation, path, **options)
+
+
+def convert(path):
+    """Any Keras model saved whole (``.keras`` or full-model ``.h5``) as a translation whose module
+    runs its graph (see :func:`kjax_core.graph.converter.convert`); ``save`` it as any other."""
+    from .graph.converter import convert as _convert
+
+    return _convert(path)
+
+
+def convert_keras_model(model):
+    """:func:`convert` of a Keras model already in memory (see
+    :func:`kjax_core.graph.converter.convert_keras_model`)."""
+    from .graph.converter import convert_keras_model as _convert_keras_model
+
+    return _convert_keras_model(model)
 
 
 def new_top(translation, classes: int, **options: Any):

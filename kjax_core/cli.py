@@ -332,6 +332,36 @@ def translate(
 
 
 @app.command()
+def convert(
+    model_file: Path = typer.Argument(..., help="A Keras model saved whole: a .keras archive "
+                                      "(model.save('m.keras')) or a full-model .h5 file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
+    fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization), safetensors, or "
+                            "orbax (an Orbax checkpoint folder)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+) -> None:
+    """Convert any Keras model (Sequential or functional, nested models, shared layers) into a Flax
+    module running its graph, with its weights, in OUTPUT (load it with kjax_core.load)."""
+    from .graph.converter import check_model_file, convert as convert_file
+    from .storage.output import VARIABLE_FILES, check_destination, save
+
+    if fmt not in VARIABLE_FILES:
+        raise OptionError(f"--format must be one of {', '.join(VARIABLE_FILES)}; got {fmt!r}")
+    check_model_file(model_file)
+    check_destination(output, force)
+    with _progress() as progress:
+        progress("read", 0, None)
+        translation = convert_file(model_file)
+        path = save(translation, output, fmt=fmt, force=force, progress=progress)
+    leaves = sum(1 for _ in _leaves(translation.variables))
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    layers = len(translation.graph["layers"])
+    out.print(f"{path}  {translation.spec.name}  {layers} layers  {leaves} arrays  "
+              f"{size / 1e6:.1f} MB  from {model_file}")
+    err.print(f"next: kjax_core.load({str(path)!r}) in Python")
+
+
+@app.command()
 def verify(
     model: str = typer.Argument(..., help="Model name (see `kjax list`)."),
     weights: str = typer.Option(
@@ -635,6 +665,7 @@ class _progress:
     def update(self, event: str, done: int, total: int | None) -> None:
         if event not in self._tasks:
             label = {"build": "Building the Keras model (fetching weights if needed)",
+                     "read": "Reading the Keras model",
                      "layer": "Translating layers", "write": "Writing"}.get(event, event)
             for task in self._tasks.values():
                 self._progress.update(task, completed=1, total=1)

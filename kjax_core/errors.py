@@ -61,3 +61,8 @@ class InputError(KjaxError):
     first, a score array that is not (N, 1000))."""
 
     exit_code = 2
+
+
+class UnsupportedModelError(KjaxError):
+    """A Keras model ``kjax convert`` cannot run as Flax: a layer class without an op (a Lambda, a
+    custom class, a configuration the op does not cover), or a model that is no graph (subclassed)."""

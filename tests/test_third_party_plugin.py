@@ -91,3 +91,19 @@ def test_translate_and_load(tinynet, tmp_path, capsys):
     # This model has no named weight set: the default --weights imagenet says so.
     code, out, err = run_cli(["translate", "tinynet", "-o", tmp_path / "o2"], capsys)
     assert code == 1 and "no weight set 'imagenet'" in err
+
+
+def test_convert_runs_the_plugins_layer_op(tinynet, tmp_path, capsys):
+    """`kjax convert` of a saved TinyNet runs its custom ChannelScale with the op the plugin
+    registers (kjax_register_layer_ops) and translates its weights with the plugin's rule."""
+    from kjax_core.parity import compare
+
+    _, keras_model = reference_model("tinynet", input_shape=(37, 29, 3), classifier_activation=None)
+    keras_model.save(tmp_path / "tiny.keras")
+    code, out, err = run_cli(["convert", tmp_path / "tiny.keras", "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    module, variables = kjax_core.load(tmp_path / "out")
+    assert any("channel_scale" in name for name in variables["params"])
+    converted = kjax_core.convert(tmp_path / "tiny.keras").with_variables(variables, "loaded")
+    report = compare(converted, keras_model, sample_images((2, 37, 29, 3), 4))
+    assert report.ok, report.problems

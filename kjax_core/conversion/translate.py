@@ -90,6 +90,9 @@ class Translation:
     dropped: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     #: what the variables are when they are no longer the translation's (see :meth:`with_variables`)
     variables_note: str | None = None
+    #: the Keras graph the module runs, for a model converted by ``kjax convert``
+    #: (:mod:`kjax_core.graph.describe`); None for a registered model
+    graph: dict[str, Any] | None = None
 
     def with_variables(self, variables: dict[str, Any], note: str) -> "Translation":
         """This translation holding other ``variables`` of the same module (after fine-tuning),

@@ -22,7 +22,7 @@ from .application import (
 from .blocks import (
     LayerScale, SqueezeExcite, correct_pad_conv, drop_connect, make_divisible, squeeze_excite,
 )
-from .convolution import conv
+from .convolution import conv, conv_module
 from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
@@ -47,7 +47,7 @@ __all__ = [
     "squeeze_excite", "statistics_dtype", "zero_pad",
 ]
 __all__ += [
-    "GroupedConv", "conv_classifier_head", "flatten_classifier_head", "global_pool",
+    "GroupedConv", "conv_classifier_head", "conv_module", "flatten_classifier_head", "global_pool",
     "grouped_conv", "layer_norm_classifier_head",
     "Dropout", "TRAINING_MODES", "enclosing_application", "trains",
 ]

@@ -6,7 +6,7 @@ Must be called inside a parent's ``@nn.compact`` method; the submodule gets the 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,20 +16,28 @@ from .grouped import GroupedConv
 from .layers import Conv, Dtype, PointwiseConv
 
 
-def conv(
-    x: jax.Array,
+def conv(x: jax.Array, features: int, kernel_size: int | Sequence[int], *, name: str,
+         **options) -> jax.Array:
+    """Keras Conv2D (default padding 'valid', as Keras; Flax's default is 'SAME'): the module of
+    :func:`conv_module` for ``x``'s channels, applied to ``x``."""
+    return conv_module(x.shape[-1], features, kernel_size, name=name, **options)(x)
+
+
+def conv_module(
+    channels: int,
     features: int,
     kernel_size: int | Sequence[int],
     *,
     name: str,
-    strides: int = 1,
+    strides: int | Sequence[int] = 1,
     padding: str | Sequence[tuple[int, int]] = "VALID",
     use_bias: bool = True,
     groups: int = 1,
+    dilation: int | Sequence[int] = 1,
     dtype: Dtype = None,
     param_dtype: Dtype = jnp.float32,
-) -> jax.Array:
-    """Keras Conv2D (default padding 'valid', as Keras; Flax's default is 'SAME').
+) -> Any:
+    """The Flax module computing Keras Conv2D on ``channels`` input channels.
 
     'same' in Keras is TF SAME, which XLA's 'SAME' equals (the extra pad goes at the end).
     A 1x1 convolution without padding or groups is a :class:`PointwiseConv` (a matrix product,
@@ -39,23 +47,28 @@ def conv(
     Flax's grouped convolution; ``features`` a multiple of C), with other ``groups`` > 1 a
     :class:`~kjax_core.nn.grouped.GroupedConv` (measured: about 4x faster than XLA:CPU's grouped
     convolution on RegNet's shapes).
+    A dilated convolution is ``flax.linen.Conv`` with ``kernel_dilation`` (grouped too).
     """
-    if isinstance(kernel_size, int):
-        kernel_size = (kernel_size, kernel_size)
-    kernel_size = tuple(kernel_size)
+    kernel_size, strides, dilation = _pair(kernel_size), _pair(strides), _pair(dilation)
     padding = padding.upper() if isinstance(padding, str) else padding
     unpadded = isinstance(padding, str) or not any(p for pair in padding for p in pair)
-    channels = x.shape[-1]
     if groups != 1 and (channels % groups or features % groups):
         raise ValueError(f"{name}: groups={groups} must divide the {channels} input channels and "
                          f"the {features} filters (as Keras requires)")
     common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
-    if groups == 1 and kernel_size == (1, 1) and unpadded:
-        return PointwiseConv(features, strides=strides, **common)(x)
+    if dilation != (1, 1):
+        return Conv(features, kernel_size, strides=strides, padding=padding,
+                    kernel_dilation=dilation, feature_group_count=groups, **common)
+    if groups == 1 and kernel_size == (1, 1) and unpadded and strides[0] == strides[1]:
+        return PointwiseConv(features, strides=strides[0], **common)
     if groups > 1 and groups == channels:
-        return DepthwiseConv(kernel_size, strides=(strides, strides), padding=padding,
-                             depth_multiplier=features // channels, **common)(x)
+        return DepthwiseConv(kernel_size, strides=strides, padding=padding,
+                             depth_multiplier=features // channels, **common)
     if groups > 1:
-        return GroupedConv(features, kernel_size, groups, strides=(strides, strides),
-                           padding=padding, **common)(x)
-    return Conv(features, kernel_size, strides=(strides, strides), padding=padding, **common)(x)
+        return GroupedConv(features, kernel_size, groups, strides=strides, padding=padding,
+                           **common)
+    return Conv(features, kernel_size, strides=strides, padding=padding, **common)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

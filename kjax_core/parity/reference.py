@@ -389,6 +389,9 @@ def keras_float64(translation: Any, keras_model: Any) -> Any:
     from ..conversion.keras_model import build_keras_model, placeholder_initializers
 
     twin = _TWINS.get(keras_model)
+    if twin is None and getattr(translation, "graph", None) is not None:
+        twin = _float64_clone(keras_model)  # a converted model: no constructor to call again
+        _TWINS[keras_model] = twin
     if twin is None:
         shape = tuple(None if d is None else int(d) for d in keras_model.inputs[0].shape[1:])
         # A named weight set can change Keras' graph (EfficientNet's imagenet-only Rescaling):
@@ -409,6 +412,35 @@ def keras_float64(translation: Any, keras_model: Any) -> Any:
             target.set_weights([np.asarray(w, np.float64) for w in source.get_weights()])
             if type(target).__name__ == "Normalization":
                 target.finalize_state()  # Normalization only reads new weights after this
+    return twin
+
+
+def _float64_config(config: Any) -> Any:
+    """A serialized Keras model with every float32 dtype (layers' policies, inputs) float64."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return {**config, "config": {**config["config"], "name": "float64"}}
+        return {k: ("float64" if k == "dtype" and v == "float32" else _float64_config(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float64_config(v) for v in config]
+    return config
+
+
+def _float64_clone(model: Any) -> Any:
+    """A Keras 3 model rebuilt from its serialized form in float64 (what ``kjax convert`` reads:
+    any Sequential or functional model), with the float64 fixes of :func:`keras_float64`."""
+    import json
+
+    import keras
+
+    from ..graph.converter import _application_layers
+
+    text = json.dumps(_float64_config(json.loads(model.to_json())))
+    twin = keras.models.model_from_json(text, custom_objects=_application_layers())
+    _exact_constants(twin)
+    _exact_activations(twin)
+    _float64_depthwise(twin)
     return twin
 
 

@@ -16,3 +16,11 @@ def kjax_register_layer_rules(register):
 
     for rule in BUILTIN_RULES:
         register(rule)
+
+
+@hookimpl
+def kjax_register_layer_ops(register):
+    from ..graph.op_table import BUILTIN_OPS
+
+    for op in BUILTIN_OPS:
+        register(op)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import pluggy
 
 if TYPE_CHECKING:
-    from .types import FlaxModuleInfo, KerasLayerInfo, LayerRule, ModelSpec
+    from .types import FlaxModuleInfo, KerasLayerInfo, LayerOp, LayerRule, ModelSpec
 
 PROJECT = "kjax"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -54,6 +54,19 @@ def kjax_register_layer_rules(register: Callable[["LayerRule"], None]) -> None:
     a class that already has a rule is an error: one class, one rule.
 
     :param register: callback taking one :class:`kjax_core.LayerRule`.
+    """
+
+
+@hookspec
+def kjax_register_layer_ops(register: Callable[["LayerOp"], None]) -> None:
+    """Register what Keras layer classes compute, for ``kjax convert`` (any Keras model to Flax).
+
+    Call ``register(LayerOp(keras_class, build))`` once per Keras layer class. The core registers
+    ops for every layer class of the Keras Applications models and the common layers of a
+    fine-tuned head (see :mod:`kjax_core.graph.ops`); a plugin adds ops for layer classes of its
+    own (a weight-carrying one needs a :class:`LayerRule` too). One class, one op.
+
+    :param register: callback taking one :class:`kjax_core.LayerOp`.
     """
 
 

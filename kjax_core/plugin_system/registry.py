@@ -26,7 +26,7 @@ import pluggy
 from . import hookspecs
 from ..errors import PluginError, UnknownModelError
 from ..version import __version__
-from .types import CORE_MATCHERS, LayerRule, ModelSpec
+from .types import CORE_MATCHERS, LayerOp, LayerRule, ModelSpec
 
 ENTRY_POINT_GROUP = "kjax"
 CORE_PLUGIN = "kjax_core"
@@ -51,6 +51,7 @@ class Registry:
     plugins: list[PluginInfo]
     models: dict[str, ModelSpec]
     rules: dict[str, LayerRule]
+    ops: dict[str, LayerOp]
     conflicts: dict[str, list[str]]  # model name -> plugins that all registered it
     manager: pluggy.PluginManager
 
@@ -145,10 +146,11 @@ def _admit(
     plugin: object,
     models: dict[str, ModelSpec],
     rules: dict[str, LayerRule],
-) -> tuple[list[str], list[ModelSpec], list[LayerRule]]:
+    ops: dict[str, LayerOp],
+) -> tuple[list[str], list[ModelSpec], list[LayerRule], list[LayerOp]]:
     """Check everything one plugin implements and registers, before any of it is used.
 
-    Returns (hook names, models, rules); raises on the first problem, so that a plugin is taken
+    Returns (hook names, models, rules, ops); raises on the first problem, so that a plugin is taken
     whole or not at all.
     """
     hooks = []
@@ -179,7 +181,16 @@ def _admit(
             owner = rules[rule.keras_class].plugin if rule.keras_class in rules else "itself"
             raise PluginError(f"layer rule for {rule.keras_class} is already registered by '{owner}'")
         seen.add(rule.keras_class)
-    return hooks, new_models, new_rules
+    new_ops = _registrations(pm, plugin, "kjax_register_layer_ops")
+    seen = set()
+    for op in new_ops:
+        if not isinstance(op, LayerOp):
+            raise PluginError(f"registered a {type(op).__name__} where a LayerOp belongs")
+        if op.keras_class in ops or op.keras_class in seen:
+            owner = ops[op.keras_class].plugin if op.keras_class in ops else "itself"
+            raise PluginError(f"layer op for {op.keras_class} is already registered by '{owner}'")
+        seen.add(op.keras_class)
+    return hooks, new_models, new_rules, new_ops
 
 
 def build_registry() -> Registry:
@@ -195,12 +206,13 @@ def build_registry() -> Registry:
     models: dict[str, ModelSpec] = {}
     owners: dict[str, list[str]] = {}
     rules: dict[str, LayerRule] = {}
+    ops: dict[str, LayerOp] = {}
     for info in infos:
         plugin = pm.get_plugin(info.name)
         if info.error or plugin is None:
             continue
         try:
-            info.hooks, new_models, new_rules = _admit(pm, plugin, models, rules)
+            info.hooks, new_models, new_rules, new_ops = _admit(pm, plugin, models, rules, ops)
         except Exception as error:  # the whole plugin is left out, its other hooks too
             info.error = _one_line(error)
             _warn(f"plugin '{info.name}' is skipped: {info.error}")
@@ -211,13 +223,15 @@ def build_registry() -> Registry:
             models.setdefault(spec.name, replace(spec, plugin=info.name))
         for rule in new_rules:
             rules[rule.keras_class] = replace(rule, plugin=info.name)
+        for op in new_ops:
+            ops[op.keras_class] = replace(op, plugin=info.name)
     conflicts = {name: plugins for name, plugins in owners.items() if len(plugins) > 1}
     for name, plugins in conflicts.items():
         _warn(
             f"model '{name}' is registered by several plugins ({', '.join(plugins)}); "
             "using it fails until all but one are disabled with KJAX_DISABLE_PLUGINS"
         )
-    return Registry(infos, models, rules, conflicts, pm)
+    return Registry(infos, models, rules, ops, conflicts, pm)
 
 
 @lru_cache(maxsize=1)

@@ -145,6 +145,55 @@ class LayerRule:
     plugin: str = ""
 
 
+@dataclass(frozen=True)
+class LayerOp:
+    """What one Keras layer class computes, as Flax: the semantics ``kjax convert`` runs a Keras
+    graph with (:mod:`kjax_core.graph`).
+
+    Attributes:
+        keras_class: the Keras layer class name (``"Conv2D"``), exactly (never a subclass, as for
+            :class:`LayerRule`). Keras operations that are not layers (``keras.ops`` called on
+            symbolic tensors in a functional model, ``x + 3.0``) are named ``"ops."`` and their
+            class: ``"ops.Add"``.
+        build: ``build(config, context) -> op`` (or its ``"module:attr"``, imported when first
+            used, so that registering imports nothing heavy): ``config`` is the layer's
+            ``get_config()``, ``context`` an :class:`OpContext`; ``op(*args, train, **kwargs)``
+            takes the arguments the Keras layer was called with (tensors as JAX arrays) and
+            returns its output. ``build`` runs inside the graph module's ``@nn.compact`` call: a
+            weight-carrying layer creates its Flax module there with ``name=context.name``,
+            holding exactly the leaves the class's :class:`LayerRule` produces.
+    """
+
+    keras_class: str
+    build: Callable[[Mapping[str, Any], "OpContext"], Callable[..., Any]] | str
+    plugin: str = ""
+
+    def builder(self) -> Callable[[Mapping[str, Any], "OpContext"], Callable[..., Any]]:
+        if not isinstance(self.build, str):
+            return self.build
+        module, _, attr = self.build.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as error:
+            raise PluginError(f"plugin '{self.plugin}' gives {self.build} for the op of "
+                              f"{self.keras_class}, which cannot be imported: "
+                              f"{type(error).__name__}: {error}") from None
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What a :class:`LayerOp` builder knows besides the layer's config: the Keras layer's name
+    (the Flax submodule's), the graph's compute and parameter dtypes."""
+
+    name: str
+    dtype: Any = None
+    param_dtype: Any = None
+
+    @property
+    def dtypes(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+
 class WeightBag:
     """The weights of one Keras layer, by short name; a rule takes each one out exactly once."""
 

@@ -237,6 +237,8 @@ def save(
         "dropped": {name: {k: list(v) for k, v in shapes.items()}
                     for name, shapes in getattr(translation, "dropped", {}).items()},
         "format": fmt,
+        # a converted model's graph (kjax convert): load() rebuilds its module from it
+        **({"graph": translation.graph} if getattr(translation, "graph", None) else {}),
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -394,7 +396,8 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
         raise CorruptFileError(f"{path / CONFIG} lacks {', '.join(missing_keys)}; translate again")
     shape = config["input_shape"]
     if not (isinstance(config["model"], str) and isinstance(config["options"], dict)
-            and isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)
+            and isinstance(shape, list) and (len(shape) == 3 or "graph" in config)
+            and all(isinstance(d, int) for d in shape)
             and isinstance(config["format"], str)
             and VARIABLE_FILES.get(config["format"]) == config["variables_file"]
             and (config.get("weights") is None or isinstance(config["weights"], str))):
@@ -449,7 +452,12 @@ def load(path: str | os.PathLike, *, nnx: bool = False, rngs: Any = 0):
     config = verify(path)
     if config.get("kjax_format") != FORMAT_VERSION:
         raise CorruptFileError(f"{path} has kjax format {config.get('kjax_format')}, expected {FORMAT_VERSION}")
-    module = create_model(config["model"], weights=config.get("weights"), **config["options"])
+    if "graph" in config:  # kjax convert: the module runs the recorded Keras graph
+        from ..graph.module import KerasGraph
+
+        module = KerasGraph(json.dumps(config["graph"]), **config["options"])
+    else:
+        module = create_model(config["model"], weights=config.get("weights"), **config["options"])
     stored = _read_variables(path / config["variables_file"], config["format"])
     target = flax_target(module, config["input_shape"])
     expected = traverse_util.flatten_dict(target)

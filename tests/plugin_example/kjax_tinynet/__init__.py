@@ -1,11 +1,11 @@
 """An example third-party kjax plugin, declared exactly as the built-in families are.
 
 It registers one model, ``tinynet`` (a Keras functional CNN whose layers keep Keras' automatic
-names, and its Flax twin whose submodules have names of their own), and a layer rule for its custom
-Keras layer ``ChannelScale``.
+names, and its Flax twin whose submodules have names of their own), and, for its custom Keras layer
+``ChannelScale``, a layer rule (its weights) and a layer op (its computation, for ``kjax convert``).
 """
 
-from kjax_core import LayerRule, ModelSpec, hookimpl
+from kjax_core import LayerOp, LayerRule, ModelSpec, hookimpl
 
 
 @hookimpl
@@ -34,3 +34,8 @@ def channel_scale(layer, weights):
 @hookimpl
 def kjax_register_layer_rules(register):
     register(LayerRule("ChannelScale", channel_scale))
+
+
+@hookimpl
+def kjax_register_layer_ops(register):
+    register(LayerOp("ChannelScale", "kjax_tinynet.model:channel_scale_op"))

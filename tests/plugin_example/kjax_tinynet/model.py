@@ -15,6 +15,12 @@ class ChannelScale(nn.Module):
         return x * self.param("scale", nn.initializers.ones, (x.shape[-1],))
 
 
+def channel_scale_op(config, context):
+    """The layer op of ChannelScale: its Flax module, named as the Keras layer."""
+    module = ChannelScale(name=context.name)
+    return lambda x, *, train: module(x)
+
+
 class TinyNet(nn.Module):
     include_top: bool = True
     pooling: str | None = None
