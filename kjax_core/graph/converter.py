@@ -74,7 +74,11 @@ def load_keras_model(path: str | Path) -> Any:
 
 def _load_error(file: Path, error: Exception) -> Exception:
     text = " ".join(str(error).split())
-    if "safe_mode" in text or "Lambda" in text:
+    if "'module': 'tf_keras" in text:
+        return UnsupportedModelError(
+            f"{file} was saved by tf_keras (Keras 2): kjax convert reads Keras 3 files; for the "
+            "tf_keras-only applications (ResNet-RS, RegNet) use kjax translate MODEL --weights FILE")
+    if "safe_mode" in text:
         return UnsupportedModelError(
             f"{file} holds a Lambda layer (Python code in the file): kjax reads models with "
             "Keras' safe mode and never runs code from a file; rewrite the Lambda as a layer "
