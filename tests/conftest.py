@@ -39,18 +39,12 @@ def pytest_generate_tests(metafunc):
     generate(metafunc)
 
 
-# The resident size after the last full garbage collection of this process (see below).
-_collected_at = [0.0]
-
-
 @pytest.fixture(autouse=True)
 def _release_keras_models():
     """Keras keeps every model it built reachable from its global state (measured: +120 MB per
     ResNet50 built, never freed): after each test, clear both Keras sessions (models a test still
-    holds keep working). A full garbage collection runs only when the process grew by 1.5 GB since
-    the last one (and holds more than 3 GB): it costs 0.6 s on a fresh worker and several seconds
-    late in a CI run (run after every test once TensorFlow's allocator kept its pool above 3 GB,
-    it was 25 of the 106 minutes of a CI run's workers, measured)."""
+    holds keep working). A full garbage collection costs ~0.5 s, so it runs only once the process
+    holds more than 3 GB."""
     yield
     import sys
 
@@ -58,11 +52,8 @@ def _release_keras_models():
         sys.modules["keras"].backend.clear_session(free_memory=False)
     if "tf_keras" in sys.modules:
         sys.modules["tf_keras"].backend.clear_session()
-    if os.path.exists("/proc/self/statm"):
-        resident = _resident_gb()
-        if resident > max(3.0, _collected_at[0] + 1.5):
-            gc.collect()
-            _collected_at[0] = _resident_gb()
+    if os.path.exists("/proc/self/statm") and _resident_gb() > 3:
+        gc.collect()
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import json
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ..errors import UnsupportedModelError
+from ..nn.application import as_compute_dtype
 from ..nn.layers import TRAINING_MODES
 from ..plugin_system.types import OpContext
 from .describe import TENSOR
@@ -64,7 +64,8 @@ class KerasGraph(nn.Module):
         if len(arrays) != len(description["inputs"]):
             raise ValueError(f"model '{description['name']}' takes {len(description['inputs'])} "
                              f"inputs; got {len(arrays)}")
-        values = {spec[TENSOR]: self._cast(x) for spec, x in zip(description["inputs"], arrays)}
+        values = {spec[TENSOR]: as_compute_dtype(x, self.dtype, self.param_dtype)
+                  for spec, x in zip(description["inputs"], arrays)}
         ops = registry().ops
         built: dict[str, Any] = {}
         for step in description["steps"]:
@@ -81,14 +82,6 @@ class KerasGraph(nn.Module):
             outs = out if isinstance(out, (list, tuple)) else [out]
             values.update(zip(step["outputs"], outs))
         return _fill(description["outputs"], values)
-
-    def _cast(self, x: Any) -> jax.Array:
-        """Inputs in the compute dtype, as :meth:`kjax_core.nn.Application.inputs`."""
-        if self.dtype is not None:
-            return jnp.asarray(x, self.dtype)
-        x = jnp.asarray(x)
-        floating = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-        return x.astype(jnp.promote_types(floating, self.param_dtype))
 
     def _build(self, name: str, entry: dict[str, Any], ops: dict[str, Any]) -> Any:
         if "graph" in entry:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import nn as knn
+from ..nn.layers import pair
 from ..errors import UnsupportedModelError
 from ..plugin_system.types import OpContext
 
@@ -55,10 +56,6 @@ def _padding(config: Config, context: OpContext, kind: str) -> str:
     return padding
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, (int, float)) else tuple(int(v) for v in value)
-
-
 def _lazy(make: Callable[[jax.Array], Any], after: Callable[[jax.Array], jax.Array] | None = None):
     """``op(x, train)`` applying the module ``make(x)`` builds on the first call (then kept)."""
     module = None
@@ -80,19 +77,19 @@ def conv2d(config: Config, context: OpContext):
     _channels_last(config, context, "Conv2D")
     padding = _padding(config, context, "Conv2D")
     return _lazy(lambda x: knn.conv_module(
-        x.shape[-1], config["filters"], _pair(config["kernel_size"]), name=context.name,
-        strides=_pair(config["strides"]), padding=padding, use_bias=config["use_bias"],
-        groups=config.get("groups", 1), dilation=_pair(config.get("dilation_rate", 1)),
+        x.shape[-1], config["filters"], pair(config["kernel_size"]), name=context.name,
+        strides=pair(config["strides"]), padding=padding, use_bias=config["use_bias"],
+        groups=config.get("groups", 1), dilation=pair(config.get("dilation_rate", 1)),
         **context.dtypes), _activation(config, context, "Conv2D"))
 
 
 def depthwise_conv2d(config: Config, context: OpContext):
     _channels_last(config, context, "DepthwiseConv2D")
-    if _pair(config.get("dilation_rate", 1)) != (1, 1):
+    if pair(config.get("dilation_rate", 1)) != (1, 1):
         raise _refuse(context, "DepthwiseConv2D", "dilation_rate other than 1 is not supported")
     padding = _padding(config, context, "DepthwiseConv2D")
     return _lazy(lambda x: knn.DepthwiseConv(
-        _pair(config["kernel_size"]), strides=_pair(config["strides"]), padding=padding,
+        pair(config["kernel_size"]), strides=pair(config["strides"]), padding=padding,
         depth_multiplier=config["depth_multiplier"], use_bias=config["use_bias"],
         name=context.name, **context.dtypes), _activation(config, context, "DepthwiseConv2D"))
 
@@ -100,11 +97,11 @@ def depthwise_conv2d(config: Config, context: OpContext):
 def separable_conv2d(config: Config, context: OpContext):
     kind = "SeparableConv2D"
     _channels_last(config, context, kind)
-    strides = _pair(config["strides"])
-    if _pair(config.get("dilation_rate", 1)) != (1, 1) or strides[0] != strides[1]:
+    strides = pair(config["strides"])
+    if pair(config.get("dilation_rate", 1)) != (1, 1) or strides[0] != strides[1]:
         raise _refuse(context, kind, "dilation or unequal strides are not supported")
     return _lazy(lambda x: knn.SeparableConv2D(
-        config["filters"], _pair(config["kernel_size"]), strides=strides[0],
+        config["filters"], pair(config["kernel_size"]), strides=strides[0],
         padding=_padding(config, context, kind), depth_multiplier=config["depth_multiplier"],
         use_bias=config["use_bias"], name=context.name, **context.dtypes),
         _activation(config, context, kind))
@@ -247,11 +244,10 @@ def custom_scale(config: Config, context: OpContext):
 
 
 def _pads(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Keras' padding/cropping argument: ``n``, ``(rows, cols)`` or ``((t, b), (l, r))``."""
     if isinstance(value, int):
         return (value, value), (value, value)
-    first, second = value
-    return (_pair(first) if not isinstance(first, int) else (first, first),
-            _pair(second) if not isinstance(second, int) else (second, second))
+    return pair(value[0]), pair(value[1])
 
 
 def zero_padding2d(config: Config, context: OpContext):
@@ -268,8 +264,8 @@ def cropping2d(config: Config, context: OpContext):
 
 def _pooling(config: Config, context: OpContext, kind: str, pool):
     _channels_last(config, context, kind)
-    window, padding = _pair(config["pool_size"]), _padding(config, context, kind)
-    strides = _pair(config.get("strides") or config["pool_size"])
+    window, padding = pair(config["pool_size"]), _padding(config, context, kind)
+    strides = pair(config.get("strides") or config["pool_size"])
     return _stateless(lambda x: pool(x, window, strides, padding))
 
 

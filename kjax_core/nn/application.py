@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -171,6 +170,16 @@ def layer_norm_classifier_head(
     return activation(classifier_activation)(x)
 
 
+def as_compute_dtype(x: Any, dtype: Dtype, param_dtype: Dtype) -> jax.Array:
+    """A model's input in its compute dtype: ``dtype``; without one, as any Flax layer would
+    compute, the floating type of ``x`` (float32 for integer images) promoted with ``param_dtype``."""
+    if dtype is not None:
+        return jnp.asarray(x, dtype)
+    x = jnp.asarray(x)
+    floating = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    return x.astype(jnp.promote_types(floating, param_dtype))
+
+
 class Block(nn.Module, kw_only=True):
     """Base of a family's modules: the compute and parameter dtypes (keyword-only, so a subclass's
     own fields may come without defaults and stay positional); ``**self.dtypes`` passes them on."""
@@ -229,11 +238,7 @@ class Application(Block, kw_only=True):
             # The maps tapped during this call (Block.tap); a bound module lives for one call.
             object.__setattr__(self, "_feature_taps", [])
             object.__setattr__(self, "_image_size", shape[1:3])
-        if self.dtype is not None:
-            return jnp.asarray(x, self.dtype)
-        x = jnp.asarray(x)
-        floating = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-        return x.astype(jnp.promote_types(floating, self.param_dtype))
+        return as_compute_dtype(x, self.dtype, self.param_dtype)
 
     def features(self, x: jax.Array) -> dict[str, jax.Array]:
         """The feature pyramid, ``x`` (the head's output without top or pooling) the last map."""

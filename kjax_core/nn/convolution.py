@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from .depthwise import DepthwiseConv
 from .grouped import GroupedConv
-from .layers import Conv, Dtype, PointwiseConv
+from .layers import Conv, Dtype, PointwiseConv, pair
 
 
 def conv(x: jax.Array, features: int, kernel_size: int | Sequence[int], *, name: str,
@@ -49,7 +49,7 @@ def conv_module(
     convolution on RegNet's shapes).
     A dilated convolution is ``flax.linen.Conv`` with ``kernel_dilation`` (grouped too).
     """
-    kernel_size, strides, dilation = _pair(kernel_size), _pair(strides), _pair(dilation)
+    kernel_size, strides, dilation = pair(kernel_size), pair(strides), pair(dilation)
     padding = padding.upper() if isinstance(padding, str) else padding
     unpadded = isinstance(padding, str) or not any(p for pair in padding for p in pair)
     if groups != 1 and (channels % groups or features % groups):
@@ -69,6 +69,3 @@ def conv_module(
                            **common)
     return Conv(features, kernel_size, strides=strides, padding=padding, **common)
 
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

@@ -124,15 +124,16 @@ def correct_pad(x: jax.Array, kernel_size: int | Sequence[int]) -> Pad:
     return ((kh // 2 - (1 - height % 2), kh // 2), (kw // 2 - (1 - width % 2), kw // 2))
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """A Keras size argument (``3`` or ``(3, 5)``) as (height, width)."""
+    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
 
 
 def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
              padding: str = "VALID") -> jax.Array:
     """Keras MaxPooling2D. 'SAME' pads with -inf as TF does; to reproduce a Keras model that pads
     with ZeroPadding2D first, call :func:`zero_pad` and pool 'VALID' (zeros, not -inf)."""
-    return nn.max_pool(x, _pair(window), _pair(strides), padding=padding)
+    return nn.max_pool(x, pair(window), pair(strides), padding=padding)
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
@@ -142,7 +143,7 @@ def avg_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
     ``flax.linen.avg_pool(count_include_pad=False)``'s arithmetic, but its count of cells per window
     is pooled from ones in ``x.dtype``: Flax's ``jnp.ones`` is float32 and turned a bfloat16
     average into a float32 one."""
-    window_shape, stride_shape = _pair(window), _pair(strides)
+    window_shape, stride_shape = pair(window), pair(strides)
     y = nn.pooling.pool(x, 0.0, jax.lax.add, window_shape, stride_shape, padding)
     ones = jnp.ones((1, *x.shape[1:-1], 1), x.dtype)
     return y / nn.pooling.pool(ones, 0.0, jax.lax.add, window_shape, stride_shape, padding)
