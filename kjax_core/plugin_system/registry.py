@@ -173,24 +173,22 @@ def _admit(
             raise PluginError(f"registered model '{spec.name}' twice")
         _check_matcher(spec)
         names.add(spec.name)
-    seen: set[str] = set()
-    for rule in new_rules:
-        if not isinstance(rule, LayerRule):
-            raise PluginError(f"registered a {type(rule).__name__} where a LayerRule belongs")
-        if rule.keras_class in rules or rule.keras_class in seen:
-            owner = rules[rule.keras_class].plugin if rule.keras_class in rules else "itself"
-            raise PluginError(f"layer rule for {rule.keras_class} is already registered by '{owner}'")
-        seen.add(rule.keras_class)
+    _check_per_class(new_rules, LayerRule, rules, "layer rule")
     new_ops = _registrations(pm, plugin, "kjax_register_layer_ops")
-    seen = set()
-    for op in new_ops:
-        if not isinstance(op, LayerOp):
-            raise PluginError(f"registered a {type(op).__name__} where a LayerOp belongs")
-        if op.keras_class in ops or op.keras_class in seen:
-            owner = ops[op.keras_class].plugin if op.keras_class in ops else "itself"
-            raise PluginError(f"layer op for {op.keras_class} is already registered by '{owner}'")
-        seen.add(op.keras_class)
+    _check_per_class(new_ops, LayerOp, ops, "layer op")
     return hooks, new_models, new_rules, new_ops
+
+
+def _check_per_class(new: list[Any], kind: type, registered: dict[str, Any], label: str) -> None:
+    """One rule (or op) per Keras class: of the right type, and no class registered twice."""
+    seen: set[str] = set()
+    for item in new:
+        if not isinstance(item, kind):
+            raise PluginError(f"registered a {type(item).__name__} where a {kind.__name__} belongs")
+        if item.keras_class in registered or item.keras_class in seen:
+            owner = registered[item.keras_class].plugin if item.keras_class in registered else "itself"
+            raise PluginError(f"{label} for {item.keras_class} is already registered by '{owner}'")
+        seen.add(item.keras_class)
 
 
 def build_registry() -> Registry:
