@@ -23,7 +23,7 @@ import kjax_core
 from kjax_core.graph.converter import graph_paths
 from kjax_core.parity import compare, reference_model, relative_error, sample_images
 from kjax_core.parity.reference import (
-    _float64_clone, float64_module, float64_variables, keras_float64,
+    float64_clone, float64_module, float64_variables, keras_float64,
 )
 
 from helpers import run_cli
@@ -190,7 +190,7 @@ def test_training_step_equals_keras(tmp_path):
 
     # Keras' numbers in Flax's layout: the layer rules, run on a copy holding the gradients
     # (trainable weights) and the moved statistics (the rest).
-    holder = _float64_clone(model)  # not keras_float64: that is `twin` again, its weights reset
+    holder = float64_clone(model)  # not keras_float64: that is `twin` again, its weights reset
     by_weight = {id(w): g for w, g in zip(twin.trainable_weights, grads)}
     for target, source in zip(holder.weights, twin.weights):
         target.assign(by_weight[id(source)] if id(source) in by_weight else source)

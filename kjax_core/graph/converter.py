@@ -18,7 +18,7 @@ HOW_TO_ADD = "a plugin adds one with the kjax_register_layer_ops hook (README: '
 TRACE_SIZE = 224
 
 
-def _application_layers() -> dict[str, Any]:
+def application_layers() -> dict[str, Any]:
     """The helper layer classes of Keras Applications, which Keras' loader does not find by
     itself in a saved model (they are not registered as serializable): Keras' own code."""
     from keras.src.applications import convnext, inception_resnet_v2
@@ -64,7 +64,7 @@ def load_keras_model(path: str | Path) -> Any:
 
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=True,
-                                        custom_objects=_application_layers())
+                                        custom_objects=application_layers())
     except Exception as error:  # Keras raises many kinds; each becomes one line
         raise _load_error(file, error) from None
     if not hasattr(model, "layers"):

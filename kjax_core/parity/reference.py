@@ -390,7 +390,7 @@ def keras_float64(translation: Any, keras_model: Any) -> Any:
 
     twin = _TWINS.get(keras_model)
     if twin is None and getattr(translation, "graph", None) is not None:
-        twin = _float64_clone(keras_model)  # a converted model: no constructor to call again
+        twin = float64_clone(keras_model)  # a converted model: no constructor to call again
         _TWINS[keras_model] = twin
     if twin is None:
         shape = tuple(None if d is None else int(d) for d in keras_model.inputs[0].shape[1:])
@@ -427,17 +427,17 @@ def _float64_config(config: Any) -> Any:
     return config
 
 
-def _float64_clone(model: Any) -> Any:
+def float64_clone(model: Any) -> Any:
     """A Keras 3 model rebuilt from its serialized form in float64 (what ``kjax convert`` reads:
     any Sequential or functional model), with the float64 fixes of :func:`keras_float64`."""
     import json
 
     import keras
 
-    from ..graph.converter import _application_layers
+    from ..graph.converter import application_layers
 
     text = json.dumps(_float64_config(json.loads(model.to_json())))
-    twin = keras.models.model_from_json(text, custom_objects=_application_layers())
+    twin = keras.models.model_from_json(text, custom_objects=application_layers())
     _exact_constants(twin)
     _exact_activations(twin)
     _float64_depthwise(twin)
