@@ -1,14 +1,16 @@
 """``kjax convert``: any Keras model file to a Flax module running its graph, judged in float64
 against Keras (the float64 twin is the model rebuilt from its own serialized config in float64).
 
-Default tier, together covering every op the Keras 3 applications need: MobileNetV3Small (keras.ops
-nodes, Rescaling, hard swish, Reshape, Multiply) and ConvNeXtTiny (LayerScale, StochasticDepth,
-LayerNormalization, Normalization, Conv2D(groups=C)), each also against its hand-written twin; a
+Default tier, together covering every op the applications need: MobileNetV3Small (keras.ops
+nodes, Rescaling, hard swish, Reshape, Multiply), ConvNeXtTiny (LayerScale, StochasticDepth,
+LayerNormalization, Normalization, Conv2D(groups=C)) and RegNetY002 (saved by tf_keras: its
+TFOpLambda add and multiply, tf_keras' BatchNormalization), each also against its hand-written twin; a
 fine-tuned EfficientNetB0 (Normalization, DepthwiseConv2D, Dropout with a noise shape, a nested
 model called with training=False); a small functional model with branches, a shared layer, a nested
 Sequential, SeparableConv2D, Cropping2D, ZeroPadding2D and pooling, as .keras and as legacy .h5, at
-two sizes; training (BatchNorm statistics, gradients); bad files. Every other Keras 3 application
-is in the slow tier (NASNetMobile alone takes ~60 s).
+two sizes, and one saved by tf_keras with TensorFlow functions on symbolic tensors; training
+(BatchNorm statistics, gradients) for both; bad files. Every other application is in the slow tier
+(NASNetMobile alone takes ~60 s).
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from kjax_core.parity.reference import (
 
 from helpers import run_cli
 
-FAST = ["mobilenetv3small", "convnexttiny"]
-KERAS3 = [name for name in kjax_core.list_models()
-          if not kjax_core.get_spec(name).keras_constructor.startswith("tf_keras")]
+FAST = ["mobilenetv3small", "convnexttiny", "regnety002"]
 
 
 def _apply64(module, variables, x, **kwargs):
@@ -47,10 +47,11 @@ def _judge(translation, keras_model, size, seed=7):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
-                                  for n in KERAS3])
+                                  for n in kjax_core.list_models()])
 def test_application_converts_generically(name, tmp_path):
-    """The model saved by Keras (model.save), converted with no knowledge of its family, equals
-    Keras in float64 at an odd size, and its hand-written twin."""
+    """The model saved by Keras (model.save; by tf_keras for ResNet-RS and RegNet), converted
+    with no knowledge of its family, equals Keras in float64 at an odd size, and its hand-written
+    twin."""
     spec = kjax_core.get_spec(name)
     low = spec.min_input_size | 1
     size = (low + 2, low + 12)
@@ -94,6 +95,48 @@ def _branchy_model(keras):
     x = layers.Dropout(0.0)(x)
     outputs = layers.Dense(10, name="head")(x)
     return keras.Model(inputs, outputs, name="branchy")
+
+
+def _tf_keras_model():
+    """A model saved by tf_keras: TensorFlow functions on symbolic tensors (TFOpLambda layers,
+    positional and keyword arguments, Python constants), a shared layer, a nested Sequential."""
+    import tensorflow as tf
+    import tf_keras
+    from tf_keras import layers
+
+    inputs = tf_keras.Input((None, None, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = tf.nn.relu6(x)
+    shared = layers.Conv2D(8, 1, name="shared")
+    left = tf.nn.silu(shared(x))
+    right = tf.math.sigmoid(shared(layers.MaxPooling2D(3, strides=1, padding="same")(x)))
+    x = tf.math.multiply(left, right) + x * 0.5 - tf.math.tanh(x) / 2.0
+    x = tf.nn.relu(tf.math.add(x, y=left))
+    inner = tf_keras.Sequential([tf_keras.Input((None, None, 8)),
+                                 layers.DepthwiseConv2D(3, padding="same", name="dw"),
+                                 layers.BatchNormalization(name="dw_bn"),
+                                 layers.ReLU(),
+                                 layers.Conv2D(8, 1, name="pw")], name="inner")
+    x = layers.Add()([x, inner(x)])
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(10, name="head")(x)
+    return tf_keras.Model(inputs, outputs, name="tf_ops")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_tf_keras_model_with_tensorflow_functions(tmp_path, suffix):
+    model = _randomised(_tf_keras_model())
+    path = tmp_path / f"tf_ops{suffix}"
+    model.save(path)
+    converted = kjax_core.convert(path)
+    classes = {entry["class"] for entry in converted.graph["layers"].values()}
+    assert {"tf.nn.relu6", "tf.nn.silu", "tf.math.sigmoid", "tf.math.multiply",
+            "tf.__operators__.add", "tf.math.subtract", "tf.math.truediv", "tf.math.tanh",
+            "tf.math.add", "tf.nn.relu", "tf_keras.BatchNormalization"} <= classes, classes
+    for size in ((33, 21), (40, 57)):
+        _judge(converted, model, size)
 
 
 def _randomised(model):
@@ -157,13 +200,14 @@ def run_cli_quiet(args):
     return exit_info.value.code
 
 
-def test_training_step_equals_keras(tmp_path):
+@pytest.mark.parametrize("saved_by", ["keras", "tf_keras"])
+def test_training_step_equals_keras(tmp_path, saved_by):
     """train=True: outputs, BatchNorm moving statistics after the step and the gradient of every
     parameter equal Keras' (float64 twin, tf.GradientTape)."""
     import keras
     import tensorflow as tf
 
-    model = _randomised(_branchy_model(keras))
+    model = _randomised(_branchy_model(keras) if saved_by == "keras" else _tf_keras_model())
     model.save(tmp_path / "m.keras")
     converted = kjax_core.convert(tmp_path / "m.keras")
     twin = keras_float64(converted, model)
@@ -215,6 +259,18 @@ def test_training_step_equals_keras(tmp_path):
             assert relative_error(ours_flat[key], theirs[key]) < 1e-10, key
     stats, keras_stats = _flat(updates["batch_stats"]), _flat(expected["batch_stats"])
     assert stats.keys() == keras_stats.keys()
+    if saved_by == "tf_keras":
+        # The float64 twin's step, made what tf_keras' float32 model (which users train) does:
+        # tf_keras takes the decay 1 - momentum as a float32 tensor even for float64 statistics
+        # (a 1e-9 error of the reference), and its fused float32 kernel moves the variance toward
+        # the unbiased batch variance, the unfused float64 one toward the biased one: n / (n - 1),
+        # n = 4 images of 15x16 at both BatchNorms (29x31 after a stride of 2).
+        n, old = 4 * 15 * 16, _flat(float64_variables(converted.variables["batch_stats"]))
+        decay = 1 - 0.99  # tf_keras' default momentum
+        for key in keras_stats:  # the batch statistic the twin moved toward, and the step
+            batch = old[key] + (keras_stats[key] - old[key]) / float(np.float32(decay))
+            batch = batch * n / (n - 1) if key.endswith("var") else batch
+            keras_stats[key] = old[key] + decay * (batch - old[key])
     for key in keras_stats:
         assert relative_error(stats[key], keras_stats[key]) < 1e-12, key
 
@@ -238,6 +294,32 @@ def test_a_lambda_layer_is_refused(tmp_path, capsys):
     outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
     keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
     _refused(tmp_path, capsys, tmp_path / "lambda.keras", ["Lambda", "safe mode"])
+
+
+def test_a_lambda_in_a_tf_keras_h5_file_is_refused_before_its_code_runs(tmp_path, capsys):
+    """tf_keras runs a legacy HDF5 file's Lambda code whatever safe_mode says: kjax refuses it
+    from the file's config, before Keras reads the model."""
+    import tf_keras
+
+    ran = tmp_path / "the lambda ran"
+    marker = str(ran)  # the file keeps the closure's values: JSON ones only
+    inputs = tf_keras.Input((8, 8, 3))
+    outputs = tf_keras.layers.Lambda(lambda x: (open(marker, "w").close(), x)[1],
+                                     name="touch")(inputs)
+    tf_keras.Model(inputs, outputs).save(tmp_path / "lambda.h5")
+    ran.unlink()  # building the model ran it; loading the file must not
+    _refused(tmp_path, capsys, tmp_path / "lambda.h5", ["Lambda", "'touch'", "safe mode"])
+    assert not ran.exists()
+
+
+def test_tf_keras_hard_sigmoid_is_refused(tmp_path, capsys):
+    """tf_keras' hard_sigmoid is another function than Keras 3's of the same name."""
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((4,)),
+                                 tf_keras.layers.Dense(2, activation="hard_sigmoid", name="gate")])
+    model.save(tmp_path / "gate.keras")
+    _refused(tmp_path, capsys, tmp_path / "gate.keras", ["'gate'", "hard_sigmoid"])
 
 
 def test_an_unknown_custom_layer_is_refused(tmp_path, capsys):
@@ -264,6 +346,11 @@ def test_weights_only_and_corrupt_files_are_refused(tmp_path, capsys):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.save_weights(tmp_path / "w.weights.h5")
     _refused(tmp_path, capsys, tmp_path / "w.weights.h5", ["weights file"])
+    import tf_keras  # tf_keras writes weights-only HDF5 files under any name
+
+    tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(2)]).save_weights(
+        tmp_path / "w.h5")
+    _refused(tmp_path, capsys, tmp_path / "w.h5", ["weights only"])
     model.save(tmp_path / "good.keras")
     data = (tmp_path / "good.keras").read_bytes()
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])

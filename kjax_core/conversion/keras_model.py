@@ -65,13 +65,13 @@ def translation_backend(spec: ModelSpec) -> str:
     return "tensorflow" if spec.keras_constructor.startswith("tf_keras") else "jax"
 
 
-def import_keras_quietly(backend: str | None = None) -> None:
-    """Import Keras (and TensorFlow, when it is Keras' backend) with the process' stderr closed for
-    the duration: TensorFlow's native libraries print start-up notices to file descriptor 2 before
-    any logging setting applies. Python exceptions still propagate. Used by the CLI, whose stderr
-    is for the user. ``backend`` as in :func:`prepare_environment`."""
+def import_keras_quietly(backend: str | None = None, *, tf_keras: bool = False) -> None:
+    """Import Keras (and TensorFlow, when it is Keras' backend; and tf_keras when asked) with the
+    process' stderr closed for the duration: TensorFlow's native libraries print start-up notices
+    to file descriptor 2 before any logging setting applies. Python exceptions still propagate.
+    Used by the CLI, whose stderr is for the user. ``backend`` as in :func:`prepare_environment`."""
     prepare_environment(backend)
-    if "keras" in sys.modules:
+    if "keras" in sys.modules and (not tf_keras or "tf_keras" in sys.modules):
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -82,6 +82,8 @@ def import_keras_quietly(backend: str | None = None) -> None:
 
             if keras.backend.backend() == "tensorflow":
                 import tensorflow  # noqa: F401
+            if tf_keras:
+                import tf_keras as _  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,4 +1,5 @@
-"""``kjax convert``: any Keras model file (a ``.keras`` archive or a full-model HDF5 file) to a Flax
+"""``kjax convert``: any Keras model file (a ``.keras`` archive or a full-model HDF5 file, saved by
+Keras 3 or by tf_keras) to a Flax
 module running its graph (:class:`kjax_core.graph.KerasGraph`) with its weights translated by the
 layer rules, strictly (every Keras weight used once, every Flax leaf filled once)."""
 
@@ -53,18 +54,79 @@ def check_model_file(path: str | Path) -> Path:
     return file
 
 
-def load_keras_model(path: str | Path) -> Any:
-    """The Keras model in ``path``, read with Keras' safe mode (no code from the file runs: a
-    Lambda layer is refused), or one line saying why not."""
-    file = check_model_file(path)
-    from ..conversion.keras_model import import_keras_quietly
-
-    import_keras_quietly("jax")
-    import keras
+def saved_model_config(file: Path) -> tuple[dict[str, Any], int]:
+    """The serialized model in a checked model file and the major version of the Keras that saved
+    it (2: tf_keras, 3: Keras 3), read without building anything, or one line saying why not."""
+    import h5py
 
     try:
-        model = keras.saving.load_model(file, compile=False, safe_mode=True,
-                                        custom_objects=application_layers())
+        if file.name.lower().endswith(".keras"):
+            with zipfile.ZipFile(file) as archive:
+                config = json.loads(archive.read("config.json"))
+                version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+        else:
+            with h5py.File(file, "r") as h5:
+                text = h5.attrs.get("model_config")
+                version = h5.attrs.get("keras_version", "")
+                if text is None:
+                    raise CorruptFileError(
+                        f"{file} holds weights only (no model in it): convert needs a whole model "
+                        "saved with model.save('m.keras'); for a Keras Applications model's "
+                        "weights use kjax translate MODEL --weights FILE")
+                config = json.loads(text)
+    except CorruptFileError:
+        raise
+    except Exception as error:  # a damaged archive or HDF5 file, missing members, bad JSON
+        raise CorruptFileError(f"cannot read the Keras model in {file}: "
+                               f"{' '.join(str(error).split())[:200]}") from None
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return config, (2 if version.startswith("2.") else 3)
+
+
+def _refuse_code(file: Path, config: Any) -> None:
+    """Refuse a model whose config holds Python code (a Lambda layer) before anything is built:
+    Keras' safe mode covers .keras archives, but tf_keras runs a legacy HDF5 file's Lambda code
+    whatever ``safe_mode`` says."""
+    found = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("class_name") == "Lambda":
+                found.append((value.get("config") or {}).get("name", "?"))
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(config)
+    if found:
+        raise UnsupportedModelError(
+            f"{file} holds a Lambda layer ('{found[0]}': Python code in the file): kjax reads "
+            "models with Keras' safe mode and never runs code from a file; rewrite the Lambda as "
+            f"a layer class, for which {HOW_TO_ADD}")
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """The Keras model in ``path``, read with Keras' safe mode (no code from the file runs: a
+    Lambda layer is refused), by tf_keras when tf_keras (Keras 2) saved it, or one line saying
+    why not."""
+    file = check_model_file(path)
+    config, major = saved_model_config(file)
+    _refuse_code(file, config)
+    from ..conversion.keras_model import import_keras_quietly
+
+    import_keras_quietly("jax", tf_keras=major == 2)
+    try:
+        if major == 2:
+            import tf_keras
+
+            model = tf_keras.models.load_model(file, compile=False, safe_mode=True)
+        else:
+            import keras
+
+            model = keras.saving.load_model(file, compile=False, safe_mode=True,
+                                            custom_objects=application_layers())
     except Exception as error:  # Keras raises many kinds; each becomes one line
         raise _load_error(file, error) from None
     if not hasattr(model, "layers"):
@@ -74,10 +136,6 @@ def load_keras_model(path: str | Path) -> Any:
 
 def _load_error(file: Path, error: Exception) -> Exception:
     text = " ".join(str(error).split())
-    if "'module': 'tf_keras" in text:
-        return UnsupportedModelError(
-            f"{file} was saved by tf_keras (Keras 2): kjax convert reads Keras 3 files; for the "
-            "tf_keras-only applications (ResNet-RS, RegNet) use kjax translate MODEL --weights FILE")
     if "safe_mode" in text:
         return UnsupportedModelError(
             f"{file} holds a Lambda layer (Python code in the file): kjax reads models with "
@@ -117,8 +175,8 @@ def graph_paths(description: dict[str, Any], prefix: tuple[str, ...] = ()) -> di
 
 def convert_keras_model(model: Any, *, source: str | None = None,
                         progress: Callable[[str], None] | None = None) -> Any:
-    """A :class:`kjax_core.conversion.translate.Translation` of any Keras 3 Sequential or
-    functional model: its module a :class:`~kjax_core.graph.KerasGraph` of the model's graph, its
+    """A :class:`kjax_core.conversion.translate.Translation` of any Keras 3 or tf_keras
+    Sequential or functional model: its module a :class:`~kjax_core.graph.KerasGraph` of the model's graph, its
     variables the model's weights through the layer rules. Fails with one line naming the first
     layers without an op or a rule, or the weights that do not fit."""
     from ..conversion.assembly import assemble
@@ -157,4 +215,5 @@ def convert_keras_model(model: Any, *, source: str | None = None,
     return Translation(spec, {}, tuple(shape), module, variables, reference, graph=description)
 
 
-__all__ = ["check_model_file", "convert", "convert_keras_model", "graph_paths", "load_keras_model"]
+__all__ = ["check_model_file", "convert", "convert_keras_model", "graph_paths", "load_keras_model",
+           "saved_model_config"]

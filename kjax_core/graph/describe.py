@@ -27,12 +27,43 @@ TENSOR = "tensor"
 
 
 def _class(operation: Any) -> str:
-    """The op key of a Keras operation: a layer's class name, ``"ops.<class>"`` for a keras.ops
-    operation that is not a layer (``x + 3.0``)."""
+    """The op key of a Keras operation: a layer's class name; ``"ops.<class>"`` for a Keras 3
+    keras.ops operation that is not a layer (``x + 3.0``); ``"tf.<function>"`` for the tf_keras
+    layer that records a TensorFlow function called on symbolic tensors (``TFOpLambda``:
+    ``x + y`` is ``"tf.__operators__.add"``); ``"tf_keras.BatchNormalization"`` for tf_keras'
+    BatchNormalization, whose training step differs from Keras 3's."""
+    name = type(operation).__name__
+    if _is_tf_keras(operation):
+        if name == "TFOpLambda":
+            return f"tf.{operation.get_config()['function']}"
+        return f"tf_keras.{name}" if name == "BatchNormalization" else name
     from keras import layers
 
-    name = type(operation).__name__
     return name if isinstance(operation, layers.Layer) else f"ops.{name}"
+
+
+def _is_tf_keras(operation: Any) -> bool:
+    return type(operation).__module__.startswith("tf_keras")
+
+
+class _Node:
+    """One call of an operation in a functional graph, read from Keras 3's or tf_keras' node."""
+
+    def __init__(self, node: Any) -> None:
+        self.operation = getattr(node, "operation", None) or getattr(node, "layer", None)
+        self.is_input = node.is_input
+        if hasattr(node, "arguments"):  # Keras 3
+            self.inputs = list(node.input_tensors)
+            self.args, self.kwargs = node.arguments.args, node.arguments.kwargs
+            self.outputs = list(node.outputs)
+        else:  # tf_keras
+            import tensorflow as tf
+
+            self.inputs = list(node.keras_inputs)
+            self.args, self.kwargs = node.call_args, dict(node.call_kwargs)
+            if type(self.operation).__name__ == "TFOpLambda":
+                self.kwargs.pop("name", None)  # the TensorFlow op's name, not an argument
+            self.outputs = tf.nest.flatten(node.outputs)
 
 
 def _is_graph(operation: Any) -> bool:
@@ -43,7 +74,10 @@ def _functional(model: Any) -> Any:
     """The functional graph of a Functional or Sequential model, or a one-line refusal."""
     kind = type(model).__name__
     if kind == "Sequential":
-        graph = getattr(model, "_functional", None)
+        if _is_tf_keras(model):  # tf_keras' Sequential is its own graph once built on an Input
+            graph = model if getattr(model, "_is_graph_network", False) else None
+        else:
+            graph = getattr(model, "_functional", None)
         if graph is None:
             raise UnsupportedModelError(
                 f"the Sequential model '{model.name}' has no input shape (it was never built on "
@@ -72,8 +106,12 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def describe(model: Any) -> dict[str, Any]:
-    """The graph of a Keras 3 Sequential or functional model (nested models described inside)."""
-    from keras import KerasTensor
+    """The graph of a Keras 3 or tf_keras Sequential or functional model (nested models described
+    inside)."""
+    if _is_tf_keras(model):
+        from tf_keras.src.engine.keras_tensor import KerasTensor
+    else:
+        from keras import KerasTensor
 
     graph = _functional(model)
     ids: dict[int, int] = {}
@@ -98,11 +136,11 @@ def describe(model: Any) -> dict[str, Any]:
     owners: dict[str, Any] = {}
     steps = []
     for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
+        for node in map(_Node, graph._nodes_by_depth[depth]):
             operation = node.operation
             if operation is None or node.is_input:
                 continue
-            if any(id(t) not in ids for t in node.input_tensors):
+            if any(id(t) not in ids for t in node.inputs):
                 continue  # not computable from the inputs (Keras skips it too)
             name = operation.name
             where = f"layer '{name}' ({type(operation).__name__})"
@@ -111,10 +149,12 @@ def describe(model: Any) -> dict[str, Any]:
             if name not in owners:
                 owners[name] = operation
                 layers[name] = _layer_entry(operation, where)
-            steps.append({"layer": name, "args": encode(node.arguments.args, where),
-                          "kwargs": encode(node.arguments.kwargs, where),
+            steps.append({"layer": name, "args": encode(node.args, where),
+                          "kwargs": encode(node.kwargs, where),
                           "outputs": [slot(t) for t in node.outputs]})
-    outputs = encode(graph._outputs_struct, f"the outputs of model '{model.name}'")
+    structure = (graph._nested_outputs if _is_tf_keras(graph)  # tf_keras' name for it
+                 else graph._outputs_struct)
+    outputs = encode(structure, f"the outputs of model '{model.name}'")
     description = {"name": model.name, "inputs": inputs, "layers": layers, "steps": steps,
                    "outputs": outputs}
     json.dumps(description)  # JSON data only, checked here rather than when saving
@@ -128,6 +168,10 @@ def _layer_entry(operation: Any, where: str) -> dict[str, Any]:
         config = operation.get_config()
     except NotImplementedError:  # an operation that records no arguments
         config = {}
+    if _is_tf_keras(operation) and config.get("activation") == "hard_sigmoid":
+        raise UnsupportedModelError(
+            f"{where}: tf_keras' hard_sigmoid (clip(0.2 x + 0.5, 0, 1)) is not Keras 3's "
+            "(relu6(x + 3) / 6), the one kjax computes")
     return {"class": _class(operation), "config": _plain(config, where)}
 
 

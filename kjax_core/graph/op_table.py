@@ -55,6 +55,20 @@ _TABLE = {
     "ops.Multiply": "ops_multiply",
     "ops.Divide": "ops_divide",
     "ops.TrueDivide": "ops_divide",
+    # tf_keras (ResNet-RS, RegNet and models saved by tf_keras): its own BatchNormalization, and
+    # TensorFlow functions called on symbolic tensors (RegNet's residual add and squeeze-excite)
+    "tf_keras.BatchNormalization": "tf_keras_batch_normalization",
+    "tf.__operators__.add": "tf_add",
+    "tf.math.add": "tf_add",
+    "tf.math.subtract": "tf_subtract",
+    "tf.math.multiply": "tf_multiply",
+    "tf.math.truediv": "tf_divide",
+    "tf.math.divide": "tf_divide",
+    "tf.nn.relu": "tf_relu",
+    "tf.nn.relu6": "tf_relu6",
+    "tf.math.sigmoid": "tf_sigmoid",
+    "tf.nn.silu": "tf_silu",
+    "tf.math.tanh": "tf_tanh",
 }
 
 BUILTIN_OPS = [LayerOp(keras_class, f"{_OPS}:{builder}") for keras_class, builder in _TABLE.items()]

@@ -113,12 +113,22 @@ def dense(config: Config, context: OpContext):
                  _activation(config, context, "Dense"))
 
 
-def batch_normalization(config: Config, context: OpContext):
+def batch_normalization(config: Config, context: OpContext, kind: Any = knn.BatchNorm):
     _last_axis(config, context, "BatchNormalization")
-    module = knn.BatchNorm(momentum=config["momentum"], epsilon=config["epsilon"],
-                           use_bias=config["center"], use_scale=config["scale"],
-                           name=context.name, **context.dtypes)
+    for option in ("renorm", "virtual_batch_size", "adjustment"):  # tf_keras' extras
+        if config.get(option):
+            raise _refuse(context, "BatchNormalization", f"{option}={config[option]!r} is not "
+                                                         "supported")
+    module = kind(momentum=config["momentum"], epsilon=config["epsilon"],
+                  use_bias=config["center"], use_scale=config["scale"],
+                  name=context.name, **context.dtypes)
     return lambda x, *, train: module(x, use_running_average=not train)
+
+
+def tf_keras_batch_normalization(config: Config, context: OpContext):
+    """tf_keras' BatchNormalization: Keras 3's but for the moving variance's training step
+    (:class:`kjax_core.nn.TFKerasBatchNorm`)."""
+    return batch_normalization(config, context, knn.TFKerasBatchNorm)
 
 
 def layer_normalization(config: Config, context: OpContext):
@@ -357,3 +367,64 @@ def ops_multiply(config: Config, context: OpContext):
 
 def ops_divide(config: Config, context: OpContext):
     return _stateless(lambda a, b: jnp.divide(a, b))
+
+
+# ---------------------------------------------------------------- tf_keras' TFOpLambda functions
+# A TensorFlow function called on tf_keras' symbolic tensors (``x + y``, ``tf.nn.relu(x)``) is a
+# TFOpLambda layer recording the function's name and its arguments: the first positional, the
+# others by TensorFlow's parameter names (``tf.math.multiply(a, b)`` is ``(a,), {"y": b}``).
+
+
+def _tf_function(fn: Callable[..., jax.Array], names: Sequence[str]):
+    def op(*args, train, **kwargs):
+        values = list(args) + [kwargs.pop(name) for name in names if name in kwargs]
+        if kwargs or len(values) != fn_arity:
+            raise TypeError(f"unexpected arguments {sorted(kwargs)} ({len(values)} values)")
+        return fn(*values)
+
+    fn_arity = 2 if names[-1] == "y" else 1
+    return op
+
+
+def _tf_binary(fn: Callable[[Any, Any], jax.Array]):
+    return _tf_function(fn, ("x", "y"))
+
+
+def _tf_unary(fn: Callable[[jax.Array], jax.Array]):
+    return _tf_function(fn, ("x", "features"))
+
+
+def tf_add(config: Config, context: OpContext):
+    return _tf_binary(jnp.add)
+
+
+def tf_subtract(config: Config, context: OpContext):
+    return _tf_binary(jnp.subtract)
+
+
+def tf_multiply(config: Config, context: OpContext):
+    return _tf_binary(jnp.multiply)
+
+
+def tf_divide(config: Config, context: OpContext):
+    return _tf_binary(jnp.divide)
+
+
+def tf_relu(config: Config, context: OpContext):
+    return _tf_unary(jax.nn.relu)
+
+
+def tf_relu6(config: Config, context: OpContext):
+    return _tf_unary(jax.nn.relu6)
+
+
+def tf_sigmoid(config: Config, context: OpContext):
+    return _tf_unary(jax.nn.sigmoid)
+
+
+def tf_silu(config: Config, context: OpContext):
+    return _tf_unary(jax.nn.silu)
+
+
+def tf_tanh(config: Config, context: OpContext):
+    return _tf_unary(jnp.tanh)

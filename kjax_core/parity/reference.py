@@ -428,16 +428,17 @@ def _float64_config(config: Any) -> Any:
 
 
 def float64_clone(model: Any) -> Any:
-    """A Keras 3 model rebuilt from its serialized form in float64 (what ``kjax convert`` reads:
-    any Sequential or functional model), with the float64 fixes of :func:`keras_float64`."""
+    """A Keras 3 or tf_keras model rebuilt from its serialized form in float64 (what
+    ``kjax convert`` reads: any Sequential or functional model), with the float64 fixes of
+    :func:`keras_float64`."""
     import json
-
-    import keras
 
     from ..graph.converter import application_layers
 
+    package = _keras_package(model)
     text = json.dumps(_float64_config(json.loads(model.to_json())))
-    twin = keras.models.model_from_json(text, custom_objects=application_layers())
+    custom = application_layers() if package.__name__ == "keras" else None
+    twin = package.models.model_from_json(text, custom_objects=custom)
     _exact_constants(twin)
     _exact_activations(twin)
     _float64_depthwise(twin)

@@ -154,7 +154,9 @@ class LayerOp:
         keras_class: the Keras layer class name (``"Conv2D"``), exactly (never a subclass, as for
             :class:`LayerRule`). Keras operations that are not layers (``keras.ops`` called on
             symbolic tensors in a functional model, ``x + 3.0``) are named ``"ops."`` and their
-            class: ``"ops.Add"``.
+            class: ``"ops.Add"``. In a tf_keras graph, a TensorFlow function on symbolic tensors
+            (a ``TFOpLambda`` layer) is named ``"tf."`` and the function: ``"tf.math.multiply"``;
+            tf_keras' BatchNormalization is ``"tf_keras.BatchNormalization"``.
         build: ``build(config, context) -> op`` (or its ``"module:attr"``, imported when first
             used, so that registering imports nothing heavy): ``config`` is the layer's
             ``get_config()``, ``context`` an :class:`OpContext`; ``op(*args, train, **kwargs)``
