@@ -333,8 +333,9 @@ def translate(
 
 @app.command()
 def convert(
-    model_file: Path = typer.Argument(..., help="A Keras model saved whole: a .keras archive "
-                                      "(model.save('m.keras')) or a full-model .h5 file."),
+    model_file: Path = typer.Argument(..., help="A Keras model saved whole by Keras 3 or tf_keras: "
+                                      "a .keras archive (model.save('m.keras')) or a full-model "
+                                      ".h5 file."),
     output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
     fmt: str = typer.Option("msgpack", "--format", help="msgpack (flax.serialization), safetensors, or "
                             "orbax (an Orbax checkpoint folder)."),
