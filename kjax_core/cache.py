@@ -48,6 +48,73 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "kjax"
 
 
+# ------------------------------------------------------------------------------ compiled programs
+
+COMPILATION_CACHE_ENV = "KJAX_COMPILATION_CACHE"
+_OFF = ("0", "off", "false", "no")
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where the predictor keeps XLA's compiled programs (JAX's persistent compilation cache), so
+    that a second process running the same model at the same shape compiles nothing:
+    ``$KJAX_COMPILATION_CACHE``, else ``<cache>/xla`` beside the pretrained translations; None
+    when ``KJAX_COMPILATION_CACHE`` is ``0``/``off``."""
+    chosen = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if chosen.lower() in _OFF:
+        return None
+    return Path(chosen).expanduser() if chosen else cache_dir() / "xla"
+
+
+def use_compilation_cache() -> Path | None:
+    """Turn JAX's persistent compilation cache on in :func:`compilation_cache_dir`, unless it is
+    off or the user already gave JAX a folder (``jax_compilation_cache_dir``,
+    ``JAX_COMPILATION_CACHE_DIR``), which is kept. Returns the folder in use, if any.
+
+    JAX's setting is for the whole process: every later compilation that takes over JAX's
+    threshold (``jax_persistent_cache_min_compile_time_secs``, 1 s by default) is kept there too.
+    """
+    import jax
+
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return Path(current)
+    folder = compilation_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # an unwritable cache costs compile time, never a failure
+        warnings.warn(f"kjax: no compilation cache ({folder}: {error.strerror})", RuntimeWarning,
+                      stacklevel=2)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    return folder
+
+
+def _compiled_files() -> list[Path]:
+    """The files JAX's persistent cache wrote in kjax's folder (``<name>-<key>-cache`` and its
+    ``-atime``), nothing else."""
+    folder = compilation_cache_dir()
+    if folder is None or not folder.is_dir():
+        return []
+    return [f for f in folder.iterdir()
+            if f.is_file() and re.fullmatch(r".+-[0-9a-f]{16,}-(cache|atime)", f.name)]
+
+
+def compiled_programs() -> tuple[int, int]:
+    """How many compiled programs kjax's folder keeps, and their bytes."""
+    programs = [f for f in _compiled_files() if f.name.endswith("-cache")]
+    return len(programs), sum(f.stat().st_size for f in programs)
+
+
+def clear_compiled() -> int:
+    """Delete the compiled programs kept in kjax's folder; returns how many."""
+    files = _compiled_files()
+    for file in files:
+        file.unlink(missing_ok=True)
+    return sum(1 for f in files if f.name.endswith("-cache"))
+
+
 # ------------------------------------------------------------------------------ translating
 
 

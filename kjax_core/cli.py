@@ -601,15 +601,19 @@ app.add_typer(cache_app, name="cache")
 
 @cache_app.command("list")
 def cache_list(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
-    """List the cached translations."""
-    from .cache import cache_dir, cache_entries
+    """List the cached translations (and how many compiled programs the predictor keeps)."""
+    from .cache import cache_dir, cache_entries, compilation_cache_dir, compiled_programs
 
     rows = cache_entries()
     if as_json:
         out.print_json(json.dumps(rows))
         return
+    programs, size = compiled_programs()
+    if programs:
+        err.print(f"compiled programs: {programs} ({size / 1e6:.1f} MB) in {compilation_cache_dir()}")
     if not rows:
-        err.print(f"the kjax cache ({cache_dir()}) is empty; `kjax predict MODEL IMAGE` fills it")
+        err.print(f"the kjax cache ({cache_dir()}) holds no translation; `kjax predict MODEL IMAGE` "
+                  "fills it")
         return
     table = Table(box=None, header_style="bold")
     for column in ("model", "weights", "options", "size", "created", "path"):
@@ -626,12 +630,15 @@ def cache_list(as_json: bool = typer.Option(False, "--json", help="Print JSON fo
 def cache_clear(
     model: Optional[str] = typer.Argument(None, help="Only this model's translations."),
 ) -> None:
-    """Delete cached translations (all, or one model's)."""
-    from .cache import cache_dir, clear_cache
+    """Delete cached translations (all, or one model's); all: the compiled programs too."""
+    from .cache import cache_dir, clear_cache, clear_compiled
 
     removed = clear_cache(model)
     what = f" of {model}" if model else ""
-    err.print(f"removed {len(removed)} cached translation{'s' * (len(removed) != 1)}{what} from {cache_dir()}")
+    count = None if model else clear_compiled()
+    programs = "" if count is None else f" and {count} compiled program{'s' * (count != 1)}"
+    err.print(f"removed {len(removed)} cached translation{'s' * (len(removed) != 1)}{what}"
+              f"{programs} from {cache_dir()}")
 
 
 def _shell_word(text: str) -> str:

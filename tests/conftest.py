@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests write no compiled programs to the user's cache (tests/test_predict.py turns it on in a
+# folder of its own).
+os.environ.setdefault("KJAX_COMPILATION_CACHE", "off")
 # Keep XLA from using fewer bits anywhere (float32 parity is measured against Keras' own error).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # The default tier compiles every model on tiny inputs, where LLVM's optimisations cost far more

@@ -254,3 +254,70 @@ def test_folded_model_is_for_inference_only():
     with pytest.raises(Exception):
         module.apply(folded_variables, x)
     assert isinstance(folded, FoldedModel) and folded.module is module
+
+
+_CACHE_PROBE = """
+import json, sys
+import jax, numpy as np
+import kjax_core
+
+module = kjax_core.create_model("mobilenet")
+x = np.zeros((1, 32, 32, 3), np.float32)
+shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)  # no compilation
+variables = jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
+events = []
+jax.monitoring.register_event_listener(lambda event, **_: events.append(event))
+predict = kjax_core.predictor(module, variables, input_shape=(32, 32, 3))
+predict(x)
+print(json.dumps({"folder": str(predict.compilation_cache),
+                  "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "misses": events.count("/jax/compilation_cache/cache_misses")}))
+"""
+
+
+def test_predictor_keeps_compiled_programs_for_the_next_process(tmp_path):
+    """The predictor turns JAX's persistent compilation cache on in the kjax cache: a second
+    process finds the programs and compiles nothing. Off with KJAX_COMPILATION_CACHE=off; a
+    folder the user gave JAX is kept. (JAX keeps only programs that took over a second to compile:
+    the threshold is 0 here, so that the check does not depend on the machine's speed.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def probe():
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("KJAX_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+        environ.update(KJAX_CACHE=str(tmp_path / "kjax"), JAX_PLATFORMS="cpu",
+                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        result = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True,
+                                text=True, env=environ)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.splitlines()[-1])
+
+    first, second = probe(), probe()
+    assert first["folder"] == str(tmp_path / "kjax" / "xla")
+    assert first["misses"] > 0 and first["hits"] == 0, first
+    assert second["misses"] == 0 and second["hits"] > 0, second
+    assert any((tmp_path / "kjax" / "xla").iterdir())
+
+
+def test_compilation_cache_settings(tmp_path, monkeypatch):
+    """Off with KJAX_COMPILATION_CACHE=off (nothing created); a folder of the user's own with
+    KJAX_COMPILATION_CACHE=PATH; a folder the user gave JAX is kept as it is."""
+    from kjax_core.cache import compilation_cache_dir, use_compilation_cache
+
+    assert jax.config.jax_compilation_cache_dir is None  # the test process keeps none
+    monkeypatch.setenv("KJAX_CACHE", str(tmp_path / "kjax"))
+    monkeypatch.setenv("KJAX_COMPILATION_CACHE", "off")
+    assert use_compilation_cache() is None and not (tmp_path / "kjax").exists()
+    monkeypatch.setenv("KJAX_COMPILATION_CACHE", str(tmp_path / "mine"))
+    assert compilation_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("KJAX_COMPILATION_CACHE")
+    assert compilation_cache_dir() == tmp_path / "kjax" / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))
+    try:  # nothing compiles meanwhile, so JAX's cache is not opened in this process
+        assert use_compilation_cache() == tmp_path / "users"
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)
+    assert not (tmp_path / "kjax").exists()

@@ -147,9 +147,9 @@ def test_refusals_are_cheap_and_worded_for_python(cache):
     assert not cache.exists()
 
 
-def test_cache_commands(weights_file, cache, capsys):
+def test_cache_commands(weights_file, cache, capsys, monkeypatch):
     code, out, err = run_cli(["cache", "list"], capsys)
-    assert code == 0 and "is empty" in err
+    assert code == 0 and "holds no translation" in err and "compiled" not in err
     kjax_core.pretrained("mobilenetv2", str(weights_file), **OPTIONS)
     code, out, err = run_cli(["cache", "list"], capsys)
     assert code == 0 and "mobilenetv2" in out and "alpha=0.35" in out
@@ -162,12 +162,22 @@ def test_cache_commands(weights_file, cache, capsys):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={**os.environ, "KJAX_CACHE": str(cache)}, timeout=60)
     assert "mobilenetv2" in result.stdout and result.stdout.splitlines()[-1] == "[]", result.stderr
+    # The predictor's compiled programs (JAX's file names) are counted, and cleared with all.
+    monkeypatch.delenv("KJAX_COMPILATION_CACHE")
+    (cache / "xla").mkdir()
+    program = cache / "xla" / f"jit_apply-{'ab' * 32}-cache"
+    program.write_bytes(b"x" * 1000)
+    (cache / "xla" / f"jit_apply-{'ab' * 32}-atime").write_bytes(b"t")
+    code, out, err = run_cli(["cache", "list"], capsys)
+    assert code == 0 and f"compiled programs: 1 (0.0 MB) in {cache / 'xla'}" in err
     # Something else in the cache folder is never deleted.
     (cache / "notes.txt").write_text("mine")
+    (cache / "xla" / "notes.txt").write_text("mine")
     (cache / "mobilenetv2" / "mine").mkdir()
     code, out, err = run_cli(["cache", "clear", "resnet50"], capsys)
-    assert code == 0 and "removed 0 cached translations of resnet50" in err
+    assert code == 0 and "removed 0 cached translations of resnet50" in err and program.exists()
     code, out, err = run_cli(["cache", "clear"], capsys)
-    assert code == 0 and "removed 1 cached translation from" in err
+    assert code == 0 and "removed 1 cached translation and 1 compiled program from" in err
     assert cache_entries() == [] and (cache / "notes.txt").exists() and (cache / "mobilenetv2" / "mine").exists()
+    assert [f.name for f in (cache / "xla").iterdir()] == ["notes.txt"]
     assert clear_cache() == []

@@ -47,7 +47,8 @@ class Predictor:
     """``predictor(images) -> outputs``, compiled once per input shape; see :func:`predictor`.
 
     Attributes: ``module`` and ``variables`` (folded and cast as asked: ``module.apply(variables,
-    images)`` is what runs), ``folds`` (the folded BatchNorms), ``devices``, ``xla_options``.
+    images)`` is what runs), ``folds`` (the folded BatchNorms), ``devices``, ``xla_options``,
+    ``compilation_cache`` (the folder of compiled programs in use, or None).
     """
 
     def __init__(
@@ -60,14 +61,18 @@ class Predictor:
         devices: Any = None,
         xla_options: dict | None = None,
         input_shape: Sequence[int] | None = None,
+        compilation_cache: bool = True,
     ) -> None:
         import jax
         import jax.numpy as jnp
+
+        from ..cache import use_compilation_cache
 
         from .compiler import JitWithOptions
         from .fold import DEFAULT_INPUT_SHAPE, FoldedModel, fold_batch_norm
         from .sharding import data_parallel, local_devices
 
+        self.compilation_cache = use_compilation_cache() if compilation_cache else None
         self.folds: tuple = ()
         if fold_bn:
             module, variables = fold_batch_norm(
@@ -125,5 +130,10 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
         not know them) give way to XLA's defaults with one warning
         (:class:`kjax_core.inference.compiler.JitWithOptions`).
     :param input_shape: (H, W, C) used to trace the model for folding; default 224x224x3.
+    :param compilation_cache: keep compiled programs on disk (JAX's persistent compilation cache,
+        in :func:`kjax_core.cache.compilation_cache_dir`: ``$KJAX_COMPILATION_CACHE``, else
+        ``<kjax cache>/xla``), so that the next process running this model at this shape does not
+        compile it again. A folder the user gave JAX is kept; ``KJAX_COMPILATION_CACHE=off`` or
+        ``False`` here turns it off. JAX's setting holds for the whole process once on.
     """
     return Predictor(module, variables, **options)
