@@ -159,8 +159,8 @@ def placeholder_initializers() -> Iterator[None]:
     a model whose initial weights are used."""
     patched = []
     zeros = None
-    if "keras" in sys.modules:
-        try:
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() == "tensorflow":
+        try:  # (on another backend, importing this would import TensorFlow for nothing)
             from keras.src.backend.tensorflow import random as keras_random
         except ImportError:
             keras_random = None
