@@ -45,8 +45,11 @@ import importlib, sys, h5py
 from keras.src.legacy.saving import legacy_h5_format
 module, _, attr = sys.argv[1].partition(":")
 model = getattr(importlib.import_module(module), attr)(weights=None)
-with h5py.File(sys.argv[2], "w") as handle:
-    legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+if module.startswith("tf_keras"):
+    model.save_weights(sys.argv[2])  # tf_keras writes the legacy HDF5 format itself
+else:
+    with h5py.File(sys.argv[2], "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
 """
 
 
