@@ -1,7 +1,7 @@
 """``kjax convert``: any Keras model file (a ``.keras`` archive or a full-model HDF5 file, saved by
-Keras 3 or by tf_keras) to a Flax
-module running its graph (:class:`kjax_core.graph.KerasGraph`) with its weights translated by the
-layer rules, strictly (every Keras weight used once, every Flax leaf filled once)."""
+Keras 3 or by tf_keras) to a Flax module running its graph (:class:`kjax_core.graph.KerasGraph`)
+with its weights translated by the layer rules, strictly (every Keras weight used once, every Flax
+leaf filled once)."""
 
 from __future__ import annotations
 
@@ -182,8 +182,8 @@ def graph_paths(description: dict[str, Any], prefix: tuple[str, ...] = ()) -> di
 def convert_keras_model(model: Any, *, source: str | None = None,
                         progress: Callable[[str], None] | None = None) -> Any:
     """A :class:`kjax_core.conversion.translate.Translation` of any Keras 3 or tf_keras
-    Sequential or functional model: its module a :class:`~kjax_core.graph.KerasGraph` of the model's graph, its
-    variables the model's weights through the layer rules. Fails with one line naming the first
+    Sequential or functional model: its module a :class:`~kjax_core.graph.KerasGraph` of the
+    model's graph, its variables the model's weights through the layer rules. Fails with one line naming the first
     layers without an op or a rule, or the weights that do not fit."""
     from ..conversion.assembly import assemble
     from ..conversion.flax_side import trace_flax
