@@ -44,27 +44,16 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
-def _resident_gb() -> float:
-    if not os.path.exists("/proc/self/statm"):
-        return 0.0
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
-
-
-_last_full = {"resident_gb": 0.0}
-FULL_AFTER_GROWTH_GB = 0.5
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     """Keras keeps every model it built reachable from its global state (measured: +120 MB per
     ResNet50 built, never freed), and models are reference cycles: after each test (its fixtures
-    finalised), clear both Keras sessions and collect. The survivors are frozen, so that each
-    collection scans only what one test created (a full one cost 0.3-4.8 s per test once JAX's
-    caches grew). Frozen objects are never collected, and some die later (a whole CI run of
-    freezing alone grew a worker to 14 GB and was killed): everything is unfrozen and collected at
-    the end of each module (whose fixtures may hold models) and whenever the process grew by
-    FULL_AFTER_GROWTH_GB since the last full collection."""
+    finalised), clear both Keras sessions and collect.
+
+    Tried and measured in whole CI runs: freezing what survives each collection (so that the next
+    one scans only one test's objects; a full one costs 0.3-4.8 s per test late in a run) let
+    workers reach 14 GB and the machine kill one, even with a full collection after every 0.5 GB
+    of growth; collecting only after 1.5 GB of growth thrashed at 13 GB."""
     result = yield
     import sys
 
@@ -72,15 +61,7 @@ def pytest_runtest_teardown(item, nextitem):
         sys.modules["keras"].backend.clear_session(free_memory=False)
     if "tf_keras" in sys.modules:
         sys.modules["tf_keras"].backend.clear_session()
-    resident = _resident_gb()
-    if (nextitem is None or nextitem.module is not item.module
-            or resident > _last_full["resident_gb"] + FULL_AFTER_GROWTH_GB):
-        gc.unfreeze()
-        gc.collect()
-        _last_full["resident_gb"] = _resident_gb()
-    else:
-        gc.collect()
-    gc.freeze()
+    gc.collect()
     return result
 
 
