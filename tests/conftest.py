@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Tests write no compiled programs to the user's cache (tests/test_predict.py turns it on in a
+# Tests write no compiled programs to the user's cache (tests/test_fold.py turns it on in a
 # folder of its own).
 os.environ.setdefault("KJAX_COMPILATION_CACHE", "off")
 # Keep XLA from using fewer bits anywhere (float32 parity is measured against Keras' own error).
@@ -31,38 +31,32 @@ import gc  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _resident_gb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
 def pytest_generate_tests(metafunc):
     from family_suite import generate
 
     generate(metafunc)
 
 
-def pytest_collection_finish(session):
-    """Everything alive now (imports, collected items) lives for the whole run: move it to the
-    permanent generation so that the collections below never scan it again."""
-    gc.collect()
-    gc.freeze()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item, nextitem):
+@pytest.fixture(autouse=True)
+def _release_keras_models():
     """Keras keeps every model it built reachable from its global state (measured: +120 MB per
-    ResNet50 built, never freed), and models are reference cycles: after each test (its fixtures
-    finalised), clear both Keras sessions and collect.
-
-    Tried and measured in whole CI runs: freezing what survives each collection (so that the next
-    one scans only one test's objects; a full one costs 0.3-4.8 s per test late in a run) let
-    workers reach 14 GB and the machine kill one, even with a full collection after every 0.5 GB
-    of growth; collecting only after 1.5 GB of growth thrashed at 13 GB."""
-    result = yield
+    ResNet50 built, never freed): after each test, clear both Keras sessions (models a test still
+    holds keep working). A full garbage collection costs ~0.5 s, so it runs only once the process
+    holds more than 3 GB."""
+    yield
     import sys
 
     if "keras" in sys.modules:
         sys.modules["keras"].backend.clear_session(free_memory=False)
     if "tf_keras" in sys.modules:
         sys.modules["tf_keras"].backend.clear_session()
-    gc.collect()
-    return result
+    if os.path.exists("/proc/self/statm") and _resident_gb() > 3:
+        gc.collect()
 
 
 @pytest.fixture
