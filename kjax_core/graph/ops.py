@@ -375,23 +375,24 @@ def ops_divide(config: Config, context: OpContext):
 # others by TensorFlow's parameter names (``tf.math.multiply(a, b)`` is ``(a,), {"y": b}``).
 
 
-def _tf_function(fn: Callable[..., jax.Array], names: Sequence[str]):
+def _tf_function(fn: Callable[..., jax.Array], names: Sequence[str], arity: int):
+    """``op`` calling ``fn`` with the tensors given positionally, then those given by ``names``
+    (TensorFlow's parameter names; a unary function has two spellings, ``x`` and ``features``)."""
     def op(*args, train, **kwargs):
         values = list(args) + [kwargs.pop(name) for name in names if name in kwargs]
-        if kwargs or len(values) != fn_arity:
+        if kwargs or len(values) != arity:
             raise TypeError(f"unexpected arguments {sorted(kwargs)} ({len(values)} values)")
         return fn(*values)
 
-    fn_arity = 2 if names[-1] == "y" else 1
     return op
 
 
 def _tf_binary(fn: Callable[[Any, Any], jax.Array]):
-    return _tf_function(fn, ("x", "y"))
+    return _tf_function(fn, ("x", "y"), 2)
 
 
 def _tf_unary(fn: Callable[[jax.Array], jax.Array]):
-    return _tf_function(fn, ("x", "features"))
+    return _tf_function(fn, ("x", "features"), 1)
 
 
 def tf_add(config: Config, context: OpContext):
