@@ -62,6 +62,7 @@ class Predictor:
         xla_options: dict | None = None,
         input_shape: Sequence[int] | None = None,
         compilation_cache: bool = True,
+        scan_blocks: bool = True,
     ) -> None:
         import jax
         import jax.numpy as jnp
@@ -70,15 +71,20 @@ class Predictor:
 
         from .compiler import JitWithOptions
         from .fold import DEFAULT_INPUT_SHAPE, FoldedModel, fold_batch_norm
+        from ..nn.repeat import record_runs
+        from .scan import scan_blocks as scan
         from .sharding import data_parallel, local_devices
 
         self.compilation_cache = use_compilation_cache() if compilation_cache else None
+        input_shape = tuple(input_shape or DEFAULT_INPUT_SHAPE)
         self.folds: tuple = ()
+        runs = None
         if fold_bn:
-            module, variables = fold_batch_norm(
-                module, variables, input_shape=input_shape or DEFAULT_INPUT_SHAPE
-            )
+            with record_runs() as runs:  # folding traces the model: the runs come with it
+                module, variables = fold_batch_norm(module, variables, input_shape=input_shape)
             self.folds = module.folds
+        if scan_blocks:
+            module, variables = scan(module, variables, input_shape, runs)
         if dtype is not None:
             if isinstance(module, FoldedModel):
                 module = FoldedModel(module.module.clone(dtype=dtype), module.folds)
@@ -135,5 +141,8 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
         ``<kjax cache>/xla``), so that the next process running this model at this shape does not
         compile it again. A folder the user gave JAX is kept; ``KJAX_COMPILATION_CACHE=off`` or
         ``False`` here turns it off. JAX's setting holds for the whole process once on.
+    :param scan_blocks: compile each run of identical blocks once and scan it over the blocks'
+        stacked variables (:mod:`kjax_core.inference.scan`): the same arithmetic per block, a
+        fraction of the compile time of a deep model. ``False`` compiles every block unrolled.
     """
     return Predictor(module, variables, **options)

@@ -12,6 +12,7 @@ Plugins use them as ``from kjax_core import nn as knn``; every name is re-export
   Normalization, constant Rescaling / Normalization, and their statistics helpers;
 - :mod:`.blocks`: blocks the applications share (width rounding, correct-pad strided convolution,
   drop connect, squeeze-excite, LayerScale);
+- :mod:`.repeat`: runs of identical blocks, scanned in the predictor's inference model;
 - :mod:`.application`: the bases of a family's modules and Keras' classifier heads.
 """
 
@@ -23,6 +24,7 @@ from .blocks import (
     LayerScale, SqueezeExcite, correct_pad_conv, drop_connect, make_divisible, squeeze_excite,
 )
 from .convolution import conv, conv_module
+from .repeat import repeat
 from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
@@ -49,5 +51,5 @@ __all__ = [
 __all__ += [
     "GroupedConv", "conv_classifier_head", "conv_module", "flatten_classifier_head", "global_pool",
     "grouped_conv", "layer_norm_classifier_head",
-    "Dropout", "TRAINING_MODES", "enclosing_application", "trains",
+    "Dropout", "TRAINING_MODES", "enclosing_application", "trains", "repeat",
 ]

@@ -217,6 +217,10 @@ class Application(Block, kw_only=True):
     # What train=True trains (kjax_core.nn.TRAINING_MODES): "all"; "batch_norm" (no dropout);
     # "dropout" (BatchNorm in inference mode: Keras' frozen backbone, base.trainable = False).
     training: str = "all"
+    # Each run of identical blocks (kjax_core.nn.repeat) as one scanned module over stacked
+    # variables: compiled once instead of once per block. For inference; the predictor builds it
+    # from the translated variables (kjax_core.inference.scan).
+    scan_blocks: bool = False
     is_kjax_application: ClassVar[bool] = True
 
     def inputs(self, x: jax.Array) -> jax.Array:

@@ -98,15 +98,12 @@ class ConvNeXt(knn.Application):
             else:
                 x = layer_norm(name=f"{name}_downsampling_layernorm_{i - 1}")(x)
                 x = knn.conv(x, dim, 2, strides=2, name=f"{name}_downsampling_conv_{i - 1}", **kw)
-            for j in range(depth):
-                x = ConvNeXtBlock(
-                    dim,
-                    drop_path_rate=depth_drop_rates[cur + j],
-                    layer_scale_init_value=self.layer_scale_init_value,
-                    name=f"{name}_stage_{i}_block_{j}",
-                    **kw,
-                )(x, train)
-                self.tap(x)
+            blocks = [f"{name}_stage_{i}_block_{j}" for j in range(depth)]
+            x = knn.repeat(self, ConvNeXtBlock, blocks, x, train, projection_dim=dim,
+                           layer_scale_init_value=self.layer_scale_init_value,
+                           inference_only={"drop_path_rate": depth_drop_rates[cur:cur + depth]},
+                           **kw)
+            self.tap(x)
             cur += depth
         return self.layer_norm_top(x, prefix=name, epsilon=EPSILON)
 

@@ -125,23 +125,19 @@ class EfficientNet(knn.Application):
         ):
             filters_in = self.round_filters(filters_in)
             filters_out = self.round_filters(filters_out)
-            for j in range(self.round_repeats(repeats)):
-                if j > 0:
-                    strides = 1
-                    filters_in = filters_out
-                x = Block(
-                    filters_in=filters_in,
-                    filters_out=filters_out,
-                    kernel_size=kernel_size,
-                    strides=strides,
-                    expand_ratio=expand_ratio,
-                    drop_rate=self.drop_connect_rate * b / blocks,
-                    activation=self.activation,
-                    name=f"block{i + 1}{chr(j + 97)}",
-                    **kw,
-                )(x, train)
-                self.tap(x)
-                b += 1
+            repeats = self.round_repeats(repeats)
+            block = partial(Block, kernel_size=kernel_size, expand_ratio=expand_ratio,
+                            activation=self.activation, **kw)
+            rates = [self.drop_connect_rate * (b + j) / blocks for j in range(repeats)]
+            names = [f"block{i + 1}{chr(j + 97)}" for j in range(repeats)]
+            x = block(filters_in=filters_in, filters_out=filters_out, strides=strides,
+                      drop_rate=rates[0], name=names[0])(x, train)
+            # the rest of the stage: stride 1, filters_out in and out
+            x = knn.repeat(self, block, names[1:], x, train, filters_in=filters_out,
+                           filters_out=filters_out, strides=1,
+                           inference_only={"drop_rate": rates[1:]})
+            self.tap(x)
+            b += repeats
 
         x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,
                      name="top_conv", **kw)

@@ -129,17 +129,12 @@ class Stage(knn.Block):
         if self.block_type not in ("X", "Y"):
             raise ValueError(f"block_type must be 'X' or 'Y' (no tf_keras model has Z blocks); "
                              f"got {self.block_type!r}")
-        for i in range(self.depth):
-            x = RegNetBlock(
-                self.filters_in if i == 0 else self.filters_out,
-                self.filters_out,
-                self.group_width,
-                stride=2 if i == 0 else 1,
-                squeeze_excite=self.block_type == "Y",
-                name=f"{self.block_type}Block_{i}",
-                **self.dtypes,
-            )(x, train)
-        return x
+        block = partial(RegNetBlock, group_width=self.group_width,
+                        squeeze_excite=self.block_type == "Y", **self.dtypes)
+        names = [f"{self.block_type}Block_{i}" for i in range(self.depth)]
+        x = block(self.filters_in, self.filters_out, stride=2, name=names[0])(x, train)
+        return knn.repeat(self, block, names[1:], x, train, filters_in=self.filters_out,
+                          filters_out=self.filters_out, stride=1)
 
 
 class RegNet(knn.Application):

@@ -58,15 +58,11 @@ class ResNet(knn.Application):
         x = knn.zero_pad(x, ((1, 1), (1, 1)))
         x = knn.max_pool(x, 3, 2)
         for stack, (filters, blocks) in enumerate(zip((64, 128, 256, 512), self.stack_sizes)):
-            for block in range(blocks):
-                x = Bottleneck(
-                    filters,
-                    stride=(1 if stack == 0 else 2) if block == 0 else 1,
-                    conv_shortcut=block == 0,
-                    name=f"conv{stack + 2}_block{block + 1}",
-                    **kw,
-                )(x, train)
-                self.tap(x)
+            name = f"conv{stack + 2}_block"
+            x = Bottleneck(filters, stride=1 if stack == 0 else 2, name=f"{name}1", **kw)(x, train)
+            x = knn.repeat(self, Bottleneck, [f"{name}{i}" for i in range(2, blocks + 1)], x,
+                           train, filters=filters, conv_shortcut=False, **kw)
+            self.tap(x)
         return self.top(x)
 
 

@@ -126,16 +126,11 @@ class BlockGroup(knn.Block):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         kw = self.dtypes
-        for i in range(self.num_repeats):
-            x = BottleneckBlock(
-                self.filters,
-                strides=self.strides if i == 0 else 1,
-                use_projection=i == 0,
-                survival_probability=self.survival_probability,
-                name=f"block_{i}",
-                **kw,
-            )(x, train)
-        return x
+        block = partial(BottleneckBlock, self.filters,
+                        survival_probability=self.survival_probability, **kw)
+        x = block(strides=self.strides, use_projection=True, name="block_0")(x, train)
+        return knn.repeat(self, block, [f"block_{i}" for i in range(1, self.num_repeats)], x,
+                          train, strides=1, use_projection=False)
 
 
 class ResNetRS(knn.Application):
