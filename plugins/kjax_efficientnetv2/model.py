@@ -233,26 +233,20 @@ class EfficientNetV2(knn.Application):
                                  f"Received: num_repeat={num_repeat}")
             filters_in = self.round_filters(filters_in)
             filters_out = self.round_filters(filters_out)
-            block = (MBConvBlock, FusedMBConvBlock)[conv_type]
-            for j in range(round_repeats(num_repeat, self.depth_coefficient)):
-                if j > 0:
-                    strides = 1
-                    filters_in = filters_out
-                x = block(
-                    input_filters=filters_in,
-                    output_filters=filters_out,
-                    expand_ratio=expand_ratio,
-                    kernel_size=kernel_size,
-                    strides=strides,
-                    se_ratio=se_ratio,
-                    bn_momentum=self.bn_momentum,
-                    activation=self.activation,
-                    survival_probability=self.drop_connect_rate * b / blocks,
-                    name=f"block{i + 1}{chr(j + 97)}",
-                    **kw,
-                )(x, train)
-                self.tap(x)
-                b += 1
+            repeats = round_repeats(num_repeat, self.depth_coefficient)
+            block = partial((MBConvBlock, FusedMBConvBlock)[conv_type], expand_ratio=expand_ratio,
+                            kernel_size=kernel_size, se_ratio=se_ratio,
+                            bn_momentum=self.bn_momentum, activation=self.activation, **kw)
+            rates = [self.drop_connect_rate * (b + j) / blocks for j in range(repeats)]
+            names = [f"block{i + 1}{chr(j + 97)}" for j in range(repeats)]
+            x = block(input_filters=filters_in, output_filters=filters_out, strides=strides,
+                      survival_probability=rates[0], name=names[0])(x, train)
+            # the rest of the stage: stride 1, output_filters in and out
+            x = knn.repeat(self, block, names[1:], x, train, input_filters=filters_out,
+                           output_filters=filters_out, strides=1,
+                           inference_only={"survival_probability": rates[1:]})
+            self.tap(x)
+            b += repeats
 
         x = knn.conv(x, self.round_filters(1280), 1, padding="same", use_bias=False,
                      name="top_conv", **kw)

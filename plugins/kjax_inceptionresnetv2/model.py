@@ -60,10 +60,13 @@ class InceptionResNetV2(knn.Application):
         def unit(x, name, filters, kernel, strides=1, padding="same"):
             return ConvBN(filters, kernel, strides, padding, name=name, **kw)(x, train)
 
-        def block(x, block_type, index, activation=True):
+        def blocks(x, block_type, first, last, activation=True):
+            """Blocks ``first`` .. ``last`` of ``block_type``, one configuration."""
             scale = 1.0 if not activation else BLOCKS[block_type][1]
-            return self.tap(InceptionResNetBlock(block_type, scale, activation,
-                                                 name=f"{block_type}_{index}", **kw)(x, train))
+            names = [f"{block_type}_{i}" for i in range(first, last + 1)]
+            return self.tap(knn.repeat(self, InceptionResNetBlock, names, x, train,
+                                       block_type=block_type, scale=scale, activation=activation,
+                                       **kw))
 
         x = self.inputs(x)
         x = unit(x, "stem_1", 32, (3, 3), 2, "valid")
@@ -83,8 +86,7 @@ class InceptionResNetV2(knn.Application):
         branch_2 = unit(branch_2, "mixed_5b_branch_2_3", 96, (3, 3))
         branch_pool = unit(knn.avg_pool(x, 3, 1, "SAME"), "mixed_5b_branch_pool", 64, (1, 1))
         x = jnp.concatenate([branch_0, branch_1, branch_2, branch_pool], axis=-1)
-        for i in range(1, 11):
-            x = block(x, "block35", i)
+        x = blocks(x, "block35", 1, 10)
 
         # mixed_6a (Reduction-A)
         branch_0 = unit(x, "mixed_6a_branch_0", 384, (3, 3), 2, "valid")
@@ -92,8 +94,7 @@ class InceptionResNetV2(knn.Application):
         branch_1 = unit(branch_1, "mixed_6a_branch_1_2", 256, (3, 3))
         branch_1 = unit(branch_1, "mixed_6a_branch_1_3", 384, (3, 3), 2, "valid")
         x = jnp.concatenate([branch_0, branch_1, knn.max_pool(x, 3, 2)], axis=-1)
-        for i in range(1, 21):
-            x = block(x, "block17", i)
+        x = blocks(x, "block17", 1, 20)
 
         # mixed_7a (Reduction-B)
         branch_0 = unit(x, "mixed_7a_branch_0_1", 256, (1, 1))
@@ -104,9 +105,8 @@ class InceptionResNetV2(knn.Application):
         branch_2 = unit(branch_2, "mixed_7a_branch_2_2", 288, (3, 3))
         branch_2 = unit(branch_2, "mixed_7a_branch_2_3", 320, (3, 3), 2, "valid")
         x = jnp.concatenate([branch_0, branch_1, branch_2, knn.max_pool(x, 3, 2)], axis=-1)
-        for i in range(1, 10):
-            x = block(x, "block8", i)
-        x = block(x, "block8", 10, activation=False)
+        x = blocks(x, "block8", 1, 9)
+        x = blocks(x, "block8", 10, 10, activation=False)
 
         x = knn.conv(x, 1536, 1, padding="same", use_bias=False, name="conv_7b", **kw)
         x = knn.batch_norm(x, name="conv_7b_bn", train=train, epsilon=EPSILON, scale=False, **kw)

@@ -64,15 +64,13 @@ class ResNetV2(knn.Application):
         x = knn.max_pool(x, 3, 2)
         stacks = zip((64, 128, 256, 512), self.stack_sizes, (2, 2, 2, 1))
         for stack, (filters, blocks, stride1) in enumerate(stacks):
-            for block in range(1, blocks + 1):
-                x = PreactBottleneck(
-                    filters,
-                    stride=stride1 if block == blocks else 1,
-                    conv_shortcut=block == 1,
-                    name=f"conv{stack + 2}_block{block}",
-                    **kw,
-                )(x, train)
-                self.tap(x)  # a stack's second-last block output: its last block strides
+            name = f"conv{stack + 2}_block"
+            x = PreactBottleneck(filters, conv_shortcut=True, name=f"{name}1", **kw)(x, train)
+            x = knn.repeat(self, PreactBottleneck, [f"{name}{b}" for b in range(2, blocks)], x,
+                           train, filters=filters, **kw)
+            self.tap(x)  # a stack's second-last block output: its last block strides
+            x = PreactBottleneck(filters, stride=stride1, name=f"{name}{blocks}", **kw)(x, train)
+            self.tap(x)
         x = knn.batch_norm(x, name="post_bn", train=train, epsilon=EPSILON, **kw)
         x = nn.relu(x)
         return self.top(x)
