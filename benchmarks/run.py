@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = ("resnet50", "efficientnetb0", "mobilenetv2", "densenet121")
 KJAX_VARIANTS = ("kjax", "kjax-fast", "kjax-ynn", "kjax-bf16")  # the default run's; also
-# kjax-unrolled (the predictor without scanned blocks) and kjax-fold, when asked for
+# kjax-scan (the predictor with scanned blocks) and kjax-fold, when asked for
 PEERS = ("keras-jax", "keras-tf")
 
 
@@ -259,7 +259,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per engine")
     parser.add_argument("--engines", default=",".join(KJAX_VARIANTS + PEERS),
-                        help="kjax, kjax-fast, kjax-bf16, kjax-ynn, kjax-unrolled, kjax-fold, "
+                        help="kjax, kjax-fast, kjax-bf16, kjax-ynn, kjax-scan, kjax-fold, "
                              "keras-jax, keras-tf")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--tag", default="latest")

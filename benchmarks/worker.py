@@ -9,7 +9,7 @@ Engines (KERAS_BACKEND is fixed per process, so each needs its own):
                ``kjax-fast`` (kjax_core.predictor as it comes: BatchNorm folded, on CPU Eigen
                convolutions), ``kjax-bf16`` (the same with bfloat16 compute), ``kjax-ynn`` (the
                predictor with XLA's default options, ``xla_options={}``: YNNPACK convolutions),
-               ``kjax-unrolled`` (the predictor with ``scan_blocks=False``: every block compiled)
+               ``kjax-scan`` (the predictor with ``scan_blocks=True``: runs of blocks scanned)
                and ``kjax-fold`` (kjax_core.fold_batch_norm, then a plain jax.jit);
     keras-jax  Keras 3 on the JAX backend: ``model.stateless_call`` under jax.jit (for a family
                only tf_keras has, RegNet, the same graph written with Keras 3 layers:
@@ -168,12 +168,12 @@ class Kjax(JaxMixin, Engine):
             elif variant == "kjax-fold":  # folding alone, default XLA options
                 m, v = kjax_core.fold_batch_norm(module, variables, input_shape=size)
                 run = functools.partial(jax.jit(m.apply), v)
-            elif variant in ("kjax-fast", "kjax-bf16", "kjax-ynn", "kjax-unrolled"):  # predictor
+            elif variant in ("kjax-fast", "kjax-bf16", "kjax-ynn", "kjax-scan"):  # the predictor
                 dtype = jnp.bfloat16 if variant == "kjax-bf16" else None
                 options = {} if variant == "kjax-ynn" else None
                 run = kjax_core.predictor(module, variables, dtype=dtype, input_shape=size,
                                           xla_options=options, compilation_cache=False,
-                                          scan_blocks=variant != "kjax-unrolled")
+                                          scan_blocks=variant == "kjax-scan")
             else:
                 raise ValueError(f"unknown kjax variant {variant}")
             prep[variant] = time.perf_counter() - t0  # folding, casting: not compilation

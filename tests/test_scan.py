@@ -88,9 +88,9 @@ def check_scanned(name, size, run_lengths):
         body[BODY] = jax.tree.map(lambda a: a[::-1], body[BODY])
         wrong_error = relative_error(apply(wrong, x64), expected)
 
-    predict = kjax_core.predictor(translation.module, translation.variables, input_shape=shape)
-    unrolled = kjax_core.predictor(translation.module, translation.variables, input_shape=shape,
-                                   scan_blocks=False)
+    predict = kjax_core.predictor(translation.module, translation.variables, input_shape=shape,
+                                  scan_blocks=True)
+    unrolled = kjax_core.predictor(translation.module, translation.variables, input_shape=shape)
     out, out_unrolled = np.asarray(predict(x)), np.asarray(unrolled(x))
     error32 = relative_error(out, expected)
     print(f"{name} scanned: float64 {error64:.2e}, float32 {error32:.2e} (Keras "
@@ -100,6 +100,7 @@ def check_scanned(name, size, run_lengths):
     assert wrong_error > MIN_SENSITIVITY
     assert error32 <= FLOAT32_FACTOR * keras_error32
     assert len(predict.folds) == len(unrolled.folds)
+    assert predict.module.scan_blocks and not unrolled.module.scan_blocks
 
 
 @pytest.mark.parametrize("name,size,runs", MODELS, ids=[m[0] for m in MODELS])

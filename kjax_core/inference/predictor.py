@@ -62,7 +62,7 @@ class Predictor:
         xla_options: dict | None = None,
         input_shape: Sequence[int] | None = None,
         compilation_cache: bool = True,
-        scan_blocks: bool = True,
+        scan_blocks: bool = False,
     ) -> None:
         import jax
         import jax.numpy as jnp
@@ -142,7 +142,9 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
         compile it again. A folder the user gave JAX is kept; ``KJAX_COMPILATION_CACHE=off`` or
         ``False`` here turns it off. JAX's setting holds for the whole process once on.
     :param scan_blocks: compile each run of identical blocks once and scan it over the blocks'
-        stacked variables (:mod:`kjax_core.inference.scan`): the same arithmetic per block, a
-        fraction of the compile time of a deep model. ``False`` compiles every block unrolled.
+        stacked variables (:mod:`kjax_core.inference.scan`): the same arithmetic per block, about
+        half the XLA compile time of a deep model (ResNet152 2.2 -> 1.2 s, ConvNeXtBase 6.5 ->
+        3.4 s on 2 cores), but today stacking the variables costs about what it saves and a
+        scanned ConvNeXt steps ~30% slower, so it is off by default (benchmarks/README.md).
     """
     return Predictor(module, variables, **options)
