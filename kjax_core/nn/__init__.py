@@ -24,7 +24,7 @@ from .blocks import (
     LayerScale, SqueezeExcite, correct_pad_conv, drop_connect, make_divisible, squeeze_excite,
 )
 from .convolution import conv, conv_module
-from .repeat import repeat
+from .repeat import repeat, stage
 from .grouped import GroupedConv, grouped_conv
 from .depthwise import DepthwiseConv, SeparableConv2D, depthwise_conv, depthwise_shift_add
 from .layers import (
@@ -51,5 +51,5 @@ __all__ = [
 __all__ += [
     "GroupedConv", "conv_classifier_head", "conv_module", "flatten_classifier_head", "global_pool",
     "grouped_conv", "layer_norm_classifier_head",
-    "Dropout", "TRAINING_MODES", "enclosing_application", "trains", "repeat",
+    "Dropout", "TRAINING_MODES", "enclosing_application", "trains", "repeat", "stage",
 ]

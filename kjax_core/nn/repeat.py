@@ -97,3 +97,23 @@ def repeat(
     scanned = nn.scan(_Run, variable_axes={True: 0}, split_rngs={True: True}, length=len(names))
     x, _ = scanned(block, {**fields, **first}, tuple(args), name=run_name(names))(x, None)
     return x
+
+
+def stage(
+    parent: nn.Module,
+    block: Any,
+    names: Sequence[str],
+    x: jax.Array,
+    *args: Any,
+    first: Mapping[str, Any],
+    inference_only: Mapping[str, Sequence[Any]] | None = None,
+    **fields: Any,
+) -> jax.Array:
+    """A stage as EfficientNet writes one: its first block with ``first`` over ``fields`` (the
+    block that strides and changes the width), then the run of the others (:func:`repeat`).
+    ``inference_only`` has one value per block, the first block's included."""
+    varying = dict(inference_only or {})
+    own = {field: values[0] for field, values in varying.items()}
+    x = block(**{**fields, **first, **own}, name=names[0])(x, *args)
+    rest = {field: list(values)[1:] for field, values in varying.items()}
+    return repeat(parent, block, names[1:], x, *args, inference_only=rest, **fields)

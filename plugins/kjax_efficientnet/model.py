@@ -130,12 +130,10 @@ class EfficientNet(knn.Application):
                             activation=self.activation, **kw)
             rates = [self.drop_connect_rate * (b + j) / blocks for j in range(repeats)]
             names = [f"block{i + 1}{chr(j + 97)}" for j in range(repeats)]
-            x = block(filters_in=filters_in, filters_out=filters_out, strides=strides,
-                      drop_rate=rates[0], name=names[0])(x, train)
-            # the rest of the stage: stride 1, filters_out in and out
-            x = knn.repeat(self, block, names[1:], x, train, filters_in=filters_out,
-                           filters_out=filters_out, strides=1,
-                           inference_only={"drop_rate": rates[1:]})
+            x = knn.stage(self, block, names, x, train,
+                          first={"filters_in": filters_in, "strides": strides},
+                          filters_in=filters_out, filters_out=filters_out, strides=1,
+                          inference_only={"drop_rate": rates})
             self.tap(x)
             b += repeats
 

@@ -239,12 +239,10 @@ class EfficientNetV2(knn.Application):
                             bn_momentum=self.bn_momentum, activation=self.activation, **kw)
             rates = [self.drop_connect_rate * (b + j) / blocks for j in range(repeats)]
             names = [f"block{i + 1}{chr(j + 97)}" for j in range(repeats)]
-            x = block(input_filters=filters_in, output_filters=filters_out, strides=strides,
-                      survival_probability=rates[0], name=names[0])(x, train)
-            # the rest of the stage: stride 1, output_filters in and out
-            x = knn.repeat(self, block, names[1:], x, train, input_filters=filters_out,
-                           output_filters=filters_out, strides=1,
-                           inference_only={"survival_probability": rates[1:]})
+            x = knn.stage(self, block, names, x, train,
+                          first={"input_filters": filters_in, "strides": strides},
+                          input_filters=filters_out, output_filters=filters_out, strides=1,
+                          inference_only={"survival_probability": rates})
             self.tap(x)
             b += repeats
 
