@@ -61,7 +61,7 @@ class _Run(nn.Module):
 
 def repeat(
     parent: nn.Module,
-    block: type,
+    block: Any,
     names: Sequence[str],
     x: jax.Array,
     *args: Any,
