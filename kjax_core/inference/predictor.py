@@ -144,7 +144,8 @@ def predictor(module: Any, variables: Any, **options: Any) -> Predictor:
     :param scan_blocks: compile each run of identical blocks once and scan it over the blocks'
         stacked variables (:mod:`kjax_core.inference.scan`): the same arithmetic per block, about
         half the XLA compile time of a deep model (ResNet152 2.2 -> 1.2 s, ConvNeXtBase 6.5 ->
-        3.4 s on 2 cores), but today stacking the variables costs about what it saves and a
-        scanned ConvNeXt steps ~30% slower, so it is off by default (benchmarks/README.md).
+        3.4 s on 2 cores), but on the machine measured stacking the variables cost about what it
+        saved and a scanned ConvNeXt stepped ~30% slower, so it is off by default
+        (benchmarks/README.md).
     """
     return Predictor(module, variables, **options)
