@@ -229,8 +229,12 @@ def chart(result: dict, path: Path) -> bool:
         return False
     batches = sorted({r["batch"] for r in result["rows"]})
     engines = list(dict.fromkeys(r["engine"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
+    n_models = len({r["model"] for r in result["rows"]})
+    # Stacked one above the other, wide enough for one label per model; images/s on a log scale,
+    # since one zoo spans 30x (VGG16 to MobileNet).
+    fig, axes = plt.subplots(len(batches), 1, figsize=(max(6.0, 0.75 * n_models + 2), 4 * len(batches)),
+                             squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
         models = list(dict.fromkeys(r["model"] for r in result["rows"] if r["batch"] == batch))
         width = 0.8 / max(len(engines), 1)
         for i, engine in enumerate(engines):
@@ -240,8 +244,10 @@ def chart(result: dict, path: Path) -> bool:
                             == (model, batch, engine)), None)
                 values.append(row["images_per_s"] if row else 0.0)
             ax.bar([j + i * width for j in range(len(models))], values, width, label=engine)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models)
-        ax.set_ylabel("images / s (higher is better)")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(models))], models,
+                      rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("images / s (log; higher is better)")
         ax.set_title(f"batch {batch}")
         ax.legend(fontsize=8)
     m = result["machine"]
